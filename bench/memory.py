@@ -1,0 +1,99 @@
+"""Peak resident memory of a target while many sessions each send one 10 MB message."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from pathlib import Path
+
+from bench.loadgen import encode, run_load
+from bench.sink import SinkProcess
+from bench.stats import fmt
+from bench.targets import NaiveTarget, RelayTarget, Target, TargetUnavailable
+from bench.traffic import make_message
+from tests.mta import LOOPBACK
+
+MESSAGE_SIZE = 10 * 1024 * 1024
+LIMIT_MIB = 1.5 * 1024
+
+
+def _tree_rss_kib(pid: int) -> int:
+    """Resident memory of pid and all its descendants, in KiB (0 when gone)."""
+    total = 0
+    todo = [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            for line in Path(f"/proc/{current}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+                    break
+            for task in Path(f"/proc/{current}/task").iterdir():
+                children = (task / "children").read_text().split()
+                todo.extend(int(c) for c in children)
+        except (OSError, ValueError):
+            continue
+    return total
+
+
+class _Sampler(threading.Thread):
+    def __init__(self, pids: list[int]) -> None:
+        super().__init__(daemon=True, name="rss-sampler")
+        self.pids = pids
+        self.peak_kib = 0
+        self.stop_flag = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop_flag.is_set():
+            self.peak_kib = max(self.peak_kib, sum(_tree_rss_kib(p) for p in self.pids))
+            time.sleep(0.02)
+
+
+async def _measure(target: Target, sessions: int) -> tuple[float, float, int, int, float]:
+    """(idle MiB, peak MiB, accepted, errors, seconds) for one fresh target."""
+    message = make_message(random.Random(10), 0, "large", False, MESSAGE_SIZE)
+    payloads = encode([message]) * sessions
+    pids = target.pids()
+    idle = sum(_tree_rss_kib(p) for p in pids) / 1024
+    sampler = _Sampler(pids)
+    sampler.start()
+    started = time.perf_counter()
+    result = await run_load(LOOPBACK, target.port, payloads, sessions=sessions, patience=600)
+    seconds = time.perf_counter() - started
+    sampler.stop_flag.set()
+    sampler.join()
+    return idle, sampler.peak_kib / 1024, result.accepted, len(result.errors), seconds
+
+
+async def measure_peak_rss(sessions: int) -> str:
+    """The memory table: naive pass-through and outbox-relay, each freshly started."""
+    rows = []
+    for factory in (NaiveTarget, RelayTarget):
+        with SinkProcess() as sink:
+            target = factory(sink.port)
+            try:
+                target.__enter__()
+            except TargetUnavailable as exc:
+                rows.append(f"| {target.name} | SKIPPED | | | | {exc} |")
+                continue
+            try:
+                idle, peak, accepted, errors, seconds = await _measure(target, sessions)
+            finally:
+                target.stop()
+        verdict = (
+            ""
+            if target.name != "outbox-relay"
+            else ("target <= 1.5 GiB: " + ("met" if peak <= LIMIT_MIB else "MISSED"))
+        )
+        rows.append(
+            f"| {target.name} | {fmt(idle)} | {fmt(peak)} | {accepted}/{sessions} | "
+            f"{fmt(seconds)} | errors {errors} {verdict} |"
+        )
+    head = (
+        f"Memory: {sessions} concurrent sessions, each sending one 10 MiB message; "
+        "RSS of the target's process tree sampled every 20 ms\n\n"
+        "| target | idle RSS MiB | peak RSS MiB | accepted | seconds | notes |\n"
+        "|---|---|---|---|---|---|"
+    )
+    return head + "\n" + "\n".join(rows)
