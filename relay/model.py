@@ -44,8 +44,9 @@ class Part:
     """One piece of the seller's own text, with where it came from.
 
     `origin` names the source for the audit line: `subject`, `text`, `html`,
-    `attachment:NAME`, or a nested form such as `message/rfc822>text`. `text` is what a
-    reader sees (HTML already rendered, quoted replies already removed), not yet normalized.
+    `attachment:NAME`, or a nested form such as `message:1>text` (the first attached
+    message). `text` is what a reader sees (HTML already rendered, quoted replies already
+    removed), not yet normalized.
     """
 
     origin: str

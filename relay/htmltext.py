@@ -1,0 +1,292 @@
+"""Render an HTML mail body to the text a reader sees, without the quoted original below it.
+
+A reader sees words, line breaks and paragraphs, not tags: block elements (`p`, `div`, `li`,
+`tr`, `br`...) become line or paragraph breaks, while inline tags never split a word, so
+`fi<b>ve</b>` reads `five`. Character entities are resolved; `script` and `style` are dropped.
+Text hidden with CSS (`display:none`, zero font size, white on white) is kept on purpose: hiding
+a violation from the buyer's eye is an evasion, and Amazon's scanner reads it anyway.
+
+With `strip_quotes`, the quoted original of a reply is left out: `blockquote`, Gmail's
+`div.gmail_quote`, Thunderbird's `div.moz-cite-prefix`, Yahoo's `div.yahoo_quoted`, and
+everything from Outlook's `#appendonsend` / `#divRplyFwdMsg` marker to the end. A container
+whose text starts with a forwarding marker ("---------- Forwarded message ---------") is the
+seller's forward and is kept; so is Outlook's reply marker when `forward` is set.
+"""
+
+from __future__ import annotations
+
+import re
+from html import unescape
+from html.parser import HTMLParser
+
+__all__ = ["FORWARD_MARKERS", "html_to_text"]
+
+_PARAGRAPH_TAGS = frozenset(
+    {
+        "address", "article", "aside", "blockquote", "center", "dl", "fieldset", "figure",
+        "footer", "form", "h1", "h2", "h3", "h4", "h5", "h6", "header", "hr", "main", "nav",
+        "ol", "p", "pre", "section", "table", "title", "ul",
+    }
+)  # fmt: skip
+_LINE_TAGS = frozenset(
+    {
+        "body", "caption", "dd", "details", "div", "dt", "figcaption", "html", "legend",
+        "li", "option", "summary", "tbody", "tfoot", "thead", "tr",
+    }
+)  # fmt: skip
+_CELL_TAGS = frozenset({"td", "th"})
+_SKIPPED_TAGS = frozenset({"script", "style", "template"})
+_VOID_TAGS = frozenset(
+    {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "wbr"}
+)
+_PREFORMATTED_TAGS = frozenset({"pre", "textarea", "plaintext", "listing", "xmp"})
+
+_QUOTE_CLASSES = frozenset(
+    {"gmail_quote", "gmail_attr", "moz-cite-prefix", "yahoo_quoted", "protonmail_quote"}
+)
+_REPLY_MARKER_IDS = ("appendonsend", "divrplyfwdmsg")
+_CONTACT_SCHEMES = ("mailto:", "tel:", "sms:", "callto:")
+
+FORWARD_MARKERS = (
+    "forwarded message",
+    "begin forwarded message",
+    "weitergeleitete nachricht",
+    "anfang der weitergeleiteten nachricht",
+    "message transféré",
+    "début du message réexpédié",
+    "mensaje reenviado",
+    "inicio del mensaje reenviado",
+    "messaggio inoltrato",
+    "inizio messaggio inoltrato",
+    "転送されたメッセージ",
+    "転送メッセージ",
+)
+
+# Private-use placeholder for whitespace that held a source line break: between two Japanese
+# or Chinese characters a reader sees nothing there, elsewhere a space.
+_SOFT_BREAK = "\ue000"
+_CJK = r"\u3000-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff00-\uffef"
+_SOFT_BREAK_BETWEEN_CJK = re.compile(f"(?<=[{_CJK}]){_SOFT_BREAK}+(?=[{_CJK}])")
+_SPACE_RUN = re.compile(r"[ \t\n\r\f]+")
+_SPACES_AROUND_NEWLINE = re.compile(r"[ \t]*\n[ \t]*")
+_MULTI_SPACE = re.compile(r"[ \t]{2,}")
+_MANY_NEWLINES = re.compile(r"\n{3,}")
+_NOT_A_TAG = re.compile(r"<(?![A-Za-z!?/])|<(?=/(?![A-Za-z]))|<(?=!\[(?!CDATA\[))")
+_ANY_TAG = re.compile(r"<[^<>]*>")
+
+
+def starts_with_forward_marker(text: str) -> bool:
+    """Whether `text` opens with a forwarding line such as `---- Forwarded message ----`."""
+    head = text.lstrip(" \t\n-–—_*>").lower()[:80]
+    return any(head.startswith(marker) for marker in FORWARD_MARKERS)
+
+
+def html_to_text(html: str, *, strip_quotes: bool = False, forward: bool = False) -> str:
+    """Return the text a reader of `html` sees, optionally without the quoted original.
+
+    Never raises on malformed markup: the stdlib parser recovers from unclosed and stray tags.
+    """
+    html = _defuse(html)
+    renderer = _Renderer(strip_quotes=strip_quotes, forward=forward)
+    try:
+        renderer.feed(html)
+        renderer.close()
+    except Exception:  # the stdlib parser asserts on some malformed declarations
+        return _crude_text(html)
+    return renderer.text()
+
+
+def _defuse(html: str) -> str:
+    """Escape `<` that cannot open a tag, which the stdlib parser would rescan to the end.
+
+    Left alone, every such `<` (`</` without a name, a `<` with no `>` after it) makes the
+    parser search the rest of the document, so a message full of them takes quadratic time.
+    Browsers show these as text (or hide a bogus comment), so escaping loses nothing a reader sees.
+    """
+    html = _NOT_A_TAG.sub("&lt;", html)
+    last = html.rfind(">")
+    return html[: last + 1] + html[last + 1 :].replace("<", "&lt;")
+
+
+def _crude_text(html: str) -> str:
+    """Last resort for markup the parser gives up on: drop tags, resolve entities."""
+    text = unescape(_ANY_TAG.sub("", html))
+    return _MANY_NEWLINES.sub("\n\n", _MULTI_SPACE.sub(" ", text)).strip()
+
+
+class _Capture:
+    """Text collected inside a quote container, kept only if it turns out to be a forward."""
+
+    def __init__(self, depth: int, keep_if_forward: bool, keep: bool = False) -> None:
+        self.depth = depth
+        self.keep_if_forward = keep_if_forward
+        self.keep = keep
+        self.chunks: list[str] = []
+
+
+class _Renderer(HTMLParser):
+    def __init__(self, *, strip_quotes: bool, forward: bool) -> None:
+        super().__init__(convert_charrefs=True)
+        self._strip_quotes = strip_quotes
+        self._forward = forward
+        self._main: list[str] = []
+        self._captures: list[_Capture] = []
+        self._open: list[str] = []
+        self._open_count: dict[str, int] = {}  # tag -> how many are open, for O(1) lookups
+        self._skip_depth: int | None = None
+        self._pre = 0
+        self._pending_breaks = 0
+        self._links: list[tuple[str, int, int]] = []  # (target, capture level, chunk index)
+
+    # Output -------------------------------------------------------------------------------
+
+    def _out(self) -> list[str]:
+        return self._captures[-1].chunks if self._captures else self._main
+
+    def _emit(self, chunk: str) -> None:
+        if self._skip_depth is None and chunk:
+            if self._pending_breaks:
+                self._out().append("\n" * self._pending_breaks)
+                self._pending_breaks = 0
+            self._out().append(chunk)
+
+    def _break(self, newlines: int) -> None:
+        """Ask for a line (1) or paragraph (2) break; adjacent blocks share one break."""
+        if self._skip_depth is None:
+            self._pending_breaks = max(self._pending_breaks, newlines)
+
+    def _line_break(self) -> None:
+        """A `<br>`: unlike block edges, two of them in a row make a blank line."""
+        if self._skip_depth is None:
+            self._pending_breaks += 1
+
+    def text(self) -> str:
+        while self._captures:
+            self._end_capture()
+        raw = "".join(self._main)
+        raw = _SOFT_BREAK_BETWEEN_CJK.sub("", raw).replace(_SOFT_BREAK, " ")
+        raw = _SPACES_AROUND_NEWLINE.sub("\n", raw)
+        raw = _MULTI_SPACE.sub(" ", raw)
+        return _MANY_NEWLINES.sub("\n\n", raw).strip()
+
+    # Quote containers ---------------------------------------------------------------------
+
+    def _is_quote_container(self, tag: str, attrs: dict[str, str]) -> bool:
+        if tag == "blockquote":
+            return True
+        classes = set(attrs.get("class", "").lower().split())
+        return any(cls.removeprefix("x_") in _QUOTE_CLASSES for cls in classes)
+
+    def _is_reply_marker(self, attrs: dict[str, str]) -> bool:
+        element_id = attrs.get("id", "").lower()
+        return any(element_id.endswith(marker) for marker in _REPLY_MARKER_IDS)
+
+    def _end_capture(self) -> None:
+        capture = self._captures.pop()
+        text = "".join(capture.chunks)
+        if capture.keep or (capture.keep_if_forward and starts_with_forward_marker(text)):
+            self._out().append(text)
+
+    # Parser callbacks ---------------------------------------------------------------------
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self._start(tag, {name: value or "" for name, value in attrs}, void=tag in _VOID_TAGS)
+
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self._start(tag, {name: value or "" for name, value in attrs}, void=True)
+
+    def _push(self, tag: str) -> None:
+        self._open.append(tag)
+        self._open_count[tag] = self._open_count.get(tag, 0) + 1
+
+    def _pop(self) -> str:
+        tag = self._open.pop()
+        self._open_count[tag] -= 1
+        return tag
+
+    def _start(self, tag: str, attrs: dict[str, str], *, void: bool) -> None:
+        if self._skip_depth is not None:
+            if not void:
+                self._push(tag)
+            return
+        if tag in _SKIPPED_TAGS and not void:
+            self._push(tag)
+            self._skip_depth = len(self._open)
+            return
+        if self._strip_quotes and self._is_reply_marker(attrs):
+            # Outlook: everything from here to the end is the original being replied to.
+            self._captures.append(_Capture(depth=-1, keep_if_forward=True, keep=self._forward))
+        if tag == "br":
+            self._line_break()
+        elif tag in _PARAGRAPH_TAGS:
+            self._break(2)
+        elif tag in _LINE_TAGS:
+            self._break(1)
+        elif tag in _CELL_TAGS:
+            self._emit(" ")
+        if tag == "img" and attrs.get("alt"):
+            self._emit(attrs["alt"])
+        if tag == "a":
+            target = attrs.get("href", "").strip()
+            if target.lower().startswith(_CONTACT_SCHEMES):
+                self._links.append((target, len(self._captures), len(self._out())))
+        if void:
+            return
+        self._push(tag)
+        if tag in _PREFORMATTED_TAGS:
+            self._pre += 1
+        if self._strip_quotes and self._is_quote_container(tag, attrs):
+            self._captures.append(_Capture(depth=len(self._open), keep_if_forward=True))
+
+    def handle_endtag(self, tag: str) -> None:
+        if not self._open_count.get(tag):
+            if tag == "br":
+                self._line_break()  # browsers treat a stray </br> as <br>
+            return
+        while self._open:
+            closed = self._pop()
+            self._close(closed)
+            if closed == tag:
+                break
+
+    def _close(self, tag: str) -> None:
+        depth = len(self._open) + 1
+        if self._skip_depth is not None:
+            if depth == self._skip_depth:
+                self._skip_depth = None
+            return
+        if tag == "a" and self._links and self._links[-1][1] == len(self._captures):
+            self._close_link()
+        while self._captures and self._captures[-1].depth == depth:
+            self._end_capture()
+        if tag in _PREFORMATTED_TAGS:
+            self._pre = max(0, self._pre - 1)
+        if tag in _PARAGRAPH_TAGS:
+            self._break(2)
+        elif tag in _LINE_TAGS:
+            self._break(1)
+
+    def _close_link(self) -> None:
+        """Show where a `mailto:`/`tel:` link leads: the buyer reaches that address by clicking."""
+        target, _, start = self._links.pop()
+        address = target.split(":", 1)[1].split("?", 1)[0].strip()
+        shown = "".join(self._out()[start:])
+        if address and address.lower() not in shown.lower():
+            self._emit(f" ({address})")
+
+    def handle_data(self, data: str) -> None:
+        if self._skip_depth is not None:
+            return
+        if self._pre:
+            self._emit(data)
+            return
+        self._emit(_SPACE_RUN.sub(_collapse_whitespace, data))
+
+    def close(self) -> None:
+        super().close()
+        while self._open:
+            self._close(self._pop())
+
+
+def _collapse_whitespace(match: re.Match[str]) -> str:
+    return _SOFT_BREAK if "\n" in match.group() else " "

@@ -1,0 +1,196 @@
+"""Remove the quoted original from a reply, so that only the seller's own words get scanned.
+
+What counts as quoted (in English, German, French, Spanish, Italian and Japanese mailers):
+- lines starting with `>` (but not decorations such as `>>> SALE <<<`);
+- an attribution line ("On <date>, <name> wrote:", "Am ... schrieb ...:", "Le ... a écrit :",
+  "El ... escribió:", "Il ... ha scritto:", "2024年5月1日(水) 10:00 山田 <x@y>:",
+  "山田さんは書きました："): followed by `>` lines, only the attribution goes (text after the
+  quoted block is the seller's again); followed by unmarked text, everything below it goes;
+- a reply separator ("-----Original Message-----" and its translations) or an Outlook header
+  block ("From: ... Sent: ..." and De:/Von:/Da:/差出人: forms): everything below it goes.
+
+An attribution must carry a date or an address (a digit or `@`) or be followed by `>` lines,
+so a seller's "Here is what our team wrote:" stays. After a forwarding marker ("----------
+Forwarded message ---------") and with `forward=True` (the subject says Fwd:), separators and
+header blocks introduce what the seller forwards, which is the seller's to answer for: kept.
+"""
+
+from __future__ import annotations
+
+import re
+
+from relay.htmltext import starts_with_forward_marker
+
+__all__ = ["is_forward_subject", "strip_quotes"]
+
+_COLON = r"\s*[:：]\s*$"
+# What an attribution must also carry to cut everything below it when no `>` lines follow.
+_NEEDS_DATE_OR_ADDRESS = 1
+_NEEDS_ADDRESS = 2
+_NEEDS_NOTHING = 3
+# Openers and closers of attribution lines; the middle is free (names, dates, addresses).
+_ATTRIBUTION_PATTERNS = tuple(
+    (re.compile(pattern, re.IGNORECASE), guard)
+    for pattern, guard in (
+        (r"^on\b.*\bwrote" + _COLON, _NEEDS_DATE_OR_ADDRESS),
+        (r".*\bwrote" + _COLON, _NEEDS_DATE_OR_ADDRESS),
+        (r"^am\b.*\bschrieb\b.*[:：]\s*$", _NEEDS_DATE_OR_ADDRESS),
+        (r".*\bschrieb(\s+am\b.*)?" + _COLON, _NEEDS_DATE_OR_ADDRESS),
+        (r".*\ba\s+écrit" + _COLON, _NEEDS_DATE_OR_ADDRESS),
+        (r".*\bescribió" + _COLON, _NEEDS_DATE_OR_ADDRESS),
+        (r".*\bha\s+scritto" + _COLON, _NEEDS_DATE_OR_ADDRESS),
+        (r".*書きました" + _COLON, _NEEDS_NOTHING),
+        (r".*(のメッセージ|のメール)" + _COLON, _NEEDS_ADDRESS),
+        # Gmail and Apple Mail in Japanese: "2024年5月1日(水) 10:00 山田 <x@y>:"
+        (r"^\d{4}\s*年\s*\d{1,2}\s*月\s*\d{1,2}\s*日.*[:：]\s*$", _NEEDS_ADDRESS),
+        (r"^\d{4}/\d{1,2}/\d{1,2}.*[:：]\s*$", _NEEDS_ADDRESS),
+    )
+)
+# Lines that open an attribution Gmail may have wrapped over up to three lines.
+_ATTRIBUTION_OPENER = re.compile(r"^(on|am|le|el|il)\s|^\d{4}\s*[年/]", re.IGNORECASE)
+_MAX_ATTRIBUTION_CHARS = 300
+
+_SEPARATOR = re.compile(
+    r"^[-_=*\s]{2,}\s*(original message|ursprüngliche nachricht|originalnachricht|"
+    r"message d['’]origine|mensaje original|messaggio originale|元のメッセージ|"
+    r"オリジナルメッセージ)\s*[-_=*\s]{2,}$",
+    re.IGNORECASE,
+)
+
+_FROM_LABELS = frozenset({"from", "de", "von", "da", "van", "差出人", "送信者", "送信元"})
+_HEADER_LABELS = frozenset(
+    {
+        "sent", "date", "to", "cc", "subject",
+        "gesendet", "datum", "an", "betreff",
+        "envoyé", "envoyé le", "date d'envoi", "à", "objet",
+        "enviado", "enviado el", "fecha", "para", "asunto",
+        "inviato", "data", "a", "oggetto",
+        "送信日時", "日時", "日付", "宛先", "件名",
+    }
+)  # fmt: skip
+_HEADER_LOOKAHEAD = 5
+
+_FORWARD_SUBJECT = re.compile(
+    r"^\s*(fwd?|fw|wg|tr|enc|rv|i|転送)\s*[:：]", re.IGNORECASE
+)  # Fwd:, FW:, WG: (de), TR: (fr), RV: (es), I: (it), 転送:
+
+
+def is_forward_subject(subject: str) -> bool:
+    """Whether the subject marks the message as a forward (Fwd:, FW:, WG:, TR:, RV:, I:...)."""
+    return bool(_FORWARD_SUBJECT.match(subject))
+
+
+def strip_quotes(text: str, *, forward: bool = False) -> str:
+    """Return `text` without quoted reply lines, attribution lines and the quoted original."""
+    lines = text.split("\n")
+    kept: list[str] = []
+    in_forward = forward
+    index = 0
+    while index < len(lines):
+        line = lines[index]
+        stripped = line.strip()
+        if _is_quote_line(stripped):
+            index += 1
+            continue
+        if starts_with_forward_marker(stripped) and _looks_like_marker(stripped):
+            in_forward = True
+        elif not in_forward and (_SEPARATOR.match(stripped) or _is_header_block(lines, index)):
+            break
+        else:
+            span = _attribution_span(lines, index)
+            if span:
+                after = _next_nonblank(lines, index + span)
+                if after is not None and _is_quote_line(lines[after].strip()):
+                    index += span
+                    continue
+                if _cuts_below(" ".join(line.strip() for line in lines[index : index + span])):
+                    break
+        kept.append(line)
+        index += 1
+    while kept and not kept[-1].strip(" \t_-=*"):
+        kept.pop()  # the rule above an Outlook header block, trailing blank lines
+    return "\n".join(kept)
+
+
+def _is_quote_line(stripped: str) -> bool:
+    if not stripped.startswith(">"):
+        return False
+    return not (stripped.startswith(">>") and stripped.endswith("<<"))  # >>> SALE <<<
+
+
+def _looks_like_marker(stripped: str) -> bool:
+    """A forwarding marker is a short line of its own, not a sentence mentioning forwarding."""
+    return len(stripped) < 90 and (
+        stripped.startswith(("-", "_", "=", "*")) or stripped.rstrip().endswith((":", "-", "："))
+    )
+
+
+def _attribution_span(lines: list[str], index: int) -> int:
+    """How many lines (1 to 3) the attribution starting at `index` spans; 0 if none does."""
+    joined = lines[index].strip()
+    if _attribution_guard(joined):
+        return 1
+    if not _ATTRIBUTION_OPENER.match(joined):
+        return 0
+    for extra in (1, 2):
+        if index + extra >= len(lines) or not lines[index + extra].strip():
+            return 0
+        joined = f"{joined} {lines[index + extra].strip()}"
+        if _attribution_guard(joined):
+            return extra + 1
+    return 0
+
+
+def _attribution_guard(line: str) -> int:
+    """The guard of the first attribution pattern `line` matches; 0 if it is no attribution."""
+    if not line or len(line) > _MAX_ATTRIBUTION_CHARS:
+        return 0
+    for pattern, guard in _ATTRIBUTION_PATTERNS:
+        if pattern.match(line):
+            return guard
+    return 0
+
+
+def _cuts_below(attribution: str) -> bool:
+    """Whether an attribution with no `>` lines after it marks the rest as the original."""
+    guard = _attribution_guard(attribution)
+    if guard == _NEEDS_ADDRESS:
+        return "@" in attribution
+    if guard == _NEEDS_DATE_OR_ADDRESS:
+        return "@" in attribution or any(char.isdigit() for char in attribution)
+    return guard == _NEEDS_NOTHING
+
+
+def _next_nonblank(lines: list[str], start: int) -> int | None:
+    for index in range(start, min(len(lines), start + 3)):
+        if lines[index].strip():
+            return index
+    return None
+
+
+def _label(line: str) -> str | None:
+    """The header label of a line such as `*From:* Sam` or `送信日時: 2024/06/03`, if any."""
+    stripped = line.strip().lstrip("*").lstrip()
+    for position, char in enumerate(stripped[:24]):
+        if char in ":：":
+            return stripped[:position].strip(" *\t").lower()
+    return None
+
+
+def _is_header_block(lines: list[str], index: int) -> bool:
+    """An Outlook-style block: a From line followed by at least two more header lines."""
+    if _label(lines[index]) not in _FROM_LABELS:
+        return False
+    headers = 0
+    seen = 0
+    for line in lines[index + 1 : index + 1 + 3 * _HEADER_LOOKAHEAD]:
+        if not line.strip():
+            continue
+        seen += 1
+        if _label(line) in _HEADER_LABELS:
+            headers += 1
+            if headers >= 2:
+                return True
+        if seen >= _HEADER_LOOKAHEAD:
+            break
+    return False

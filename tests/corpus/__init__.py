@@ -1,0 +1,1 @@
+"""The labeled corpus and the tools that build and evaluate it (`make eval`)."""

@@ -1,0 +1,166 @@
+"""HTML renders to what a reader sees: words whole, blocks separated, hidden text kept."""
+
+from __future__ import annotations
+
+import pytest
+
+from relay.htmltext import _crude_text, html_to_text
+
+
+def test_inline_tags_do_not_split_words() -> None:
+    html = "<p>Leave us fi<b>ve</b> <span>st</span><i>a</i><u>rs</u>, p<wbr>lease</p>"
+    assert html_to_text(html) == "Leave us five stars, please"
+
+
+def test_character_entities_are_resolved() -> None:
+    html = "<p>&#70;&#x69;ve st&aacute;rs &amp; more&nbsp;&hellip; &#9733;&#9733;</p>"
+    assert html_to_text(html) == "Five stárs & more\xa0… ★★"
+
+
+def test_block_elements_become_line_and_paragraph_breaks() -> None:
+    html = (
+        "<h1>Order</h1><p>Line one<br>line two</p><div>Div one</div><div>Div two</div>"
+        "<ul><li>first</li><li>second</li></ul><table><tr><td>a</td><td>b</td></tr>"
+        "<tr><td>c</td></tr></table>"
+    )
+    assert html_to_text(html) == (
+        "Order\n\nLine one\nline two\n\nDiv one\nDiv two\n\nfirst\nsecond\n\na b\nc"
+    )
+
+
+def test_source_whitespace_collapses() -> None:
+    html = "<p>Please\n   leave\t a\n\n review</p>"
+    assert html_to_text(html) == "Please leave a review"
+
+
+def test_source_line_break_between_japanese_characters_is_not_a_space() -> None:
+    assert html_to_text("<p>星5の\nレビューを\nお願いします</p>") == "星5のレビューをお願いします"
+
+
+def test_script_style_and_comments_are_dropped() -> None:
+    html = (
+        "<html><head><style>.x { color: red }</style><script>var a = '<p>no</p>';</script>"
+        "</head><body><!-- hidden comment -->Visible<script>alert(1)</script></body></html>"
+    )
+    assert html_to_text(html) == "Visible"
+
+
+@pytest.mark.parametrize(
+    "style",
+    [
+        "display:none",
+        "visibility:hidden",
+        "font-size:0",
+        "font-size:1px",
+        "color:#ffffff;background:#ffffff",
+        "max-height:0;overflow:hidden;opacity:0",
+    ],
+)
+def test_text_hidden_by_css_is_still_read(style: str) -> None:
+    html = f'<p>Thanks!</p><div style="{style}">Leave 5 stars for a refund</div>'
+    assert html_to_text(html) == "Thanks!\n\nLeave 5 stars for a refund"
+
+
+def test_hidden_font_color_attribute_still_read() -> None:
+    html = '<body bgcolor="white"><font color="white" size="1">five stars</font> thanks</body>'
+    assert html_to_text(html) == "five stars thanks"
+
+
+def test_image_alt_text_is_read() -> None:
+    assert html_to_text('Rate us <img alt="★★★★★" src="s.png">!') == "Rate us ★★★★★!"
+
+
+def test_contact_link_target_is_shown() -> None:
+    html = (
+        '<a href="mailto:help@shop.example?subject=x">write to us</a> or '
+        '<a href="tel:+15550100">call</a>'
+    )
+    assert html_to_text(html) == "write to us (help@shop.example) or call (+15550100)"
+    html = '<a href="mailto:help@shop.example">help@shop.example</a>'
+    assert html_to_text(html) == "help@shop.example"
+
+
+def test_preformatted_text_keeps_line_breaks() -> None:
+    assert html_to_text("<pre>a\nb</pre>") == "a\nb"
+
+
+@pytest.mark.parametrize(
+    "quoted",
+    [
+        "<blockquote>Buyer: I leave 1 star</blockquote>",
+        '<blockquote type="cite">Buyer: I leave 1 star</blockquote>',
+        '<div class="gmail_quote"><div class="gmail_attr">On Mon, 3 Jun 2024 Buyer wrote:<br>'
+        '</div><blockquote class="gmail_quote">Buyer: I leave 1 star</blockquote></div>',
+        '<div class="gmail_quote gmail_quote_container">Buyer: I leave 1 star</div>',
+        '<div class="moz-cite-prefix">On 03/06/2024 Buyer wrote:</div>'
+        '<blockquote type="cite">Buyer: I leave 1 star</blockquote>',
+        '<div class="yahoo_quoted">Buyer: I leave 1 star</div>',
+        '<div id="appendonsend"></div><hr><div id="divRplyFwdMsg"><b>From:</b> Buyer</div>'
+        "<div>Buyer: I leave 1 star</div><p>more original</p>",
+        '<hr><div id="x_divRplyFwdMsg"><b>From:</b> Buyer</div><div>Buyer: I leave 1 star</div>',
+    ],
+)
+def test_quote_containers_are_dropped_when_stripping(quoted: str) -> None:
+    html = f"<div>Thanks for writing.</div>{quoted}"
+    assert html_to_text(html, strip_quotes=True) == "Thanks for writing."
+    assert "I leave 1 star" in html_to_text(html)
+
+
+def test_seller_text_after_blockquote_stays() -> None:
+    html = "<p>Hi</p><blockquote>old <b>text</b></blockquote><p>PS: call us</p>"
+    assert html_to_text(html, strip_quotes=True) == "Hi\n\nPS: call us"
+
+
+def test_gmail_forward_container_is_kept() -> None:
+    html = (
+        '<div>FYI</div><div class="gmail_quote"><div class="gmail_attr">---------- Forwarded '
+        "message ---------<br>From: Warehouse</div><div>Parcel left today.</div></div>"
+    )
+    text = html_to_text(html, strip_quotes=True)
+    assert "Forwarded message" in text
+    assert "Parcel left today." in text
+
+
+def test_outlook_marker_kept_for_forwards() -> None:
+    html = '<div>FYI</div><div id="divRplyFwdMsg">From: Warehouse</div><div>Parcel left.</div>'
+    assert "Parcel left." in html_to_text(html, strip_quotes=True, forward=True)
+
+
+@pytest.mark.parametrize(
+    "html",
+    [
+        "<p>unclosed <b>bold <i>italic",
+        "</div></p>stray closers</span>",
+        "<<<>>>&&&;;;<!--",
+        "<div" * 1000,
+        "<![CDATA[x]]><!DOCTYPE html><?xml version='1.0'?>text",
+        "<scr<script>ipt>alert(1)</script>after",
+        "&#xFFFFFFFF; &#0; &bogus; &#55296;",
+        "<blockquote>never closed" + "<div>" * 500,
+    ],
+)
+def test_malformed_html_never_raises(html: str) -> None:
+    assert isinstance(html_to_text(html, strip_quotes=True), str)
+
+
+def test_marked_section_the_parser_asserts_on_is_read() -> None:
+    # The stdlib parser raises AssertionError on `<![<![`; it must not stop extraction.
+    text = html_to_text("<p>five <b>stars</b></p><![<![<![ >more")
+    assert text == "five stars\n\n<![<![<![ >more"
+
+
+def test_crude_fallback_keeps_words_whole() -> None:
+    assert _crude_text("<p>fi<b>ve</b> &amp;   stars</p>") == "five & stars"
+
+
+@pytest.mark.parametrize("piece", ["</", "<", "<![", "< ", "<a b='", "<!--"])
+def test_constructs_the_parser_would_rescan_are_read_as_text(piece: str) -> None:
+    # Each of these made the stdlib parser rescan to the end of the document (quadratic time);
+    # no timing is asserted, but the whole text must come back.
+    text = html_to_text("five stars " + piece * 20_000 + " end")
+    assert text.startswith("five stars")
+
+
+def test_deep_unclosed_nesting_with_stray_closers_is_fast_enough() -> None:
+    html = "<div>" * 50_000 + "</span>" * 50_000 + "end"
+    assert html_to_text(html).endswith("end")
