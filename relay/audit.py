@@ -1,0 +1,192 @@
+"""The audit log: one JSON object per line, rendered by structlog, written off the event loop.
+
+Callers on the event loop only render a line and put it on a queue; one background thread does
+every write and flush, so a slow disk or a full pipe to journald never stalls SMTP sessions. A
+file target survives logrotate: the writer reopens it on `reopen()` (SIGHUP) and whenever the
+path no longer points at the file it has open (rotated away by rename or deletion).
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import sys
+import threading
+import time
+from collections.abc import MutableMapping
+from pathlib import Path
+from typing import IO, Any
+
+import structlog
+
+# How often the writer thread checks whether logrotate moved the file away.
+INODE_CHECK_INTERVAL = 1.0
+
+EVENT_MESSAGE = "message"
+EVENT_SESSION_CONNECT = "session.connect"
+EVENT_SESSION_DISCONNECT = "session.disconnect"
+EVENT_SESSION_REFUSED = "session.refused"
+EVENT_ERROR = "error"
+EVENT_CONFIG_RELOAD = "config.reload"
+EVENT_CONFIG_RELOAD_FAILED = "config.reload_failed"
+
+
+def _ts_and_event_first(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """Put `ts` and `event` at the front so a line reads well in `tail -f`."""
+    return {"ts": event_dict.pop("ts"), "event": event_dict.pop("event"), **event_dict}
+
+
+class _Barrier:
+    """Queued behind pending lines; set once everything before it has been written."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+
+
+class _Reopen:
+    pass
+
+
+class _Stop:
+    pass
+
+
+class _LineWriter:
+    """The structlog 'logger': takes rendered lines and hands them to the writer thread."""
+
+    def __init__(self, target: Path | None) -> None:
+        self.target = target
+        self._queue: queue.SimpleQueue[str | _Barrier | _Reopen | _Stop] = queue.SimpleQueue()
+        self._file: IO[str] | None = None
+        self._inode: tuple[int, int] | None = None
+        self._checked = 0.0
+        self._reported_failure = False
+        if target is not None:
+            self._open()  # fail now, at start, rather than silently in the thread
+        self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
+        self._thread.start()
+
+    # Called on the event loop: never blocks.
+    def msg(self, line: str) -> None:
+        self._queue.put(line)
+
+    info = warning = error = msg
+
+    def reopen(self) -> None:
+        self._queue.put(_Reopen())
+
+    def flush(self, timeout: float | None = 5.0) -> bool:
+        """Block until every line queued so far is written; True unless it timed out."""
+        barrier = _Barrier()
+        self._queue.put(barrier)
+        return barrier.done.wait(timeout)
+
+    def close(self, timeout: float | None = 5.0) -> None:
+        if self._thread.is_alive():
+            self._queue.put(_Stop())
+            self._thread.join(timeout)
+
+    # The writer thread.
+    def _open(self) -> None:
+        assert self.target is not None
+        handle = open(self.target, "a", encoding="utf-8")  # noqa: SIM115 (kept open on purpose)
+        stat = os.fstat(handle.fileno())
+        if self._file is not None:
+            self._file.close()
+        self._file, self._inode = handle, (stat.st_dev, stat.st_ino)
+        self._checked = time.monotonic()
+
+    def _rotated(self) -> bool:
+        now = time.monotonic()
+        if now - self._checked < INODE_CHECK_INTERVAL:
+            return False
+        self._checked = now
+        try:
+            stat = os.stat(self.target)  # type: ignore[arg-type]
+        except FileNotFoundError:
+            return True
+        return (stat.st_dev, stat.st_ino) != self._inode
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            batch = [item]
+            # Drain what else is waiting so one flush covers a burst of lines.
+            while len(batch) < 1000:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            lines: list[str] = []
+            for entry in batch:
+                if isinstance(entry, str):
+                    lines.append(entry)
+                    continue
+                self._write(lines)
+                lines = []
+                if isinstance(entry, _Reopen) and self.target is not None:
+                    self._safely(self._open)
+                elif isinstance(entry, _Barrier):
+                    entry.done.set()
+                elif isinstance(entry, _Stop):
+                    if self._file is not None:
+                        self._file.close()
+                    return
+            self._write(lines)
+
+    def _write(self, lines: list[str]) -> None:
+        if not lines:
+            return
+        if self.target is not None and self._rotated():
+            self._safely(self._open)
+        out = self._file if self.target is not None else sys.stdout
+        if out is None:
+            return
+        self._safely(lambda: (out.write("".join(line + "\n" for line in lines)), out.flush()))
+
+    def _safely(self, action: Any) -> None:
+        try:
+            action()
+            self._reported_failure = False
+        except (OSError, ValueError) as exc:
+            # Keep running: mail must still flow. Say so once per failure streak.
+            if not self._reported_failure:
+                print(f"outbox-relay: audit log write failed: {exc}", file=sys.stderr)
+                self._reported_failure = True
+
+
+class AuditLog:
+    """Writes audit events as JSON lines to stdout (`target` None) or to a file.
+
+    `emit(event, **fields)` is cheap and safe to call from the event loop. `ts` (ISO-8601,
+    UTC) and `event` lead every line. Call `close()` at shutdown to write what is queued.
+    """
+
+    def __init__(self, target: Path | None) -> None:
+        self.target = target
+        self._writer = _LineWriter(target)
+        self._log = structlog.BoundLogger(
+            self._writer,
+            processors=[
+                structlog.processors.TimeStamper(fmt="iso", utc=True, key="ts"),
+                _ts_and_event_first,
+                structlog.processors.JSONRenderer(ensure_ascii=False),
+            ],
+            context={},
+        )
+
+    def emit(self, event: str, **fields: Any) -> None:
+        self._log.msg(event, **fields)
+
+    def reopen(self) -> None:
+        """Reopen the file (after logrotate); a no-op for stdout."""
+        self._writer.reopen()
+
+    def flush(self, timeout: float | None = 5.0) -> bool:
+        """Wait until queued lines are written (blocking: tests and shutdown only)."""
+        return self._writer.flush(timeout)
+
+    def close(self) -> None:
+        self._writer.close()

@@ -1,0 +1,269 @@
+"""Hands accepted mail to the upstream: a smarthost over SMTP, or a local Maildir for trials.
+
+Both deliver the original bytes with the original envelope and either return a Delivery (the
+upstream accepted the message, perhaps refusing some recipients) or raise DeliveryFailed,
+which carries the exact reply the relay's client should get:
+
+- upstream unreachable, timed out or disconnected: `451 4.4.1`, so the client retries;
+- upstream answering 4xx, or failing in the greeting, STARTTLS or AUTH (a problem with the
+  relay's own link, not with the message): `451 4.3.0`, so the client retries;
+- upstream answering 5xx to MAIL FROM, to every RCPT TO, or to DATA: that reply, code and text;
+- upstream refusing only some recipients: a Delivery whose `refused` names each one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import socket
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import aiosmtplib
+
+from relay.config import UpstreamConfig
+from relay.errors import UpstreamError
+
+# Longest upstream text passed back to a client or logged; replies are single lines.
+MAX_REPLY_TEXT = 400
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """The upstream accepted the message for at least one recipient."""
+
+    upstream_reply: str
+    refused: dict[str, str] = field(default_factory=dict)
+
+
+class DeliveryFailed(UpstreamError):
+    """The upstream did not take the message; `code`/`text` is the reply for our client.
+
+    `upstream_reply` is what the upstream itself answered (None when it never answered),
+    `refused` the per-recipient refusals when every recipient was refused.
+    """
+
+    def __init__(
+        self,
+        code: int,
+        text: str,
+        *,
+        permanent: bool = False,
+        upstream_reply: str | None = None,
+        refused: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(code, text, permanent=permanent)
+        self.upstream_reply = upstream_reply
+        self.refused = refused or {}
+
+    @property
+    def reply(self) -> str:
+        return f"{self.code} {self.text}"
+
+
+class Forwarder(Protocol):
+    """Anything that can deliver one message upstream."""
+
+    async def deliver(
+        self, mail_from: str, rcpt_tos: Sequence[str], data: bytes, mail_options: Sequence[str]
+    ) -> Delivery: ...
+
+
+def one_line(text: str) -> str:
+    """Collapse a (possibly multi-line) reply text into one safe line for an SMTP reply."""
+    flat = " ".join(text.replace("\r", "\n").split())
+    return flat[:MAX_REPLY_TEXT]
+
+
+def _reply(code: int, message: str) -> str:
+    return f"{code} {one_line(message)}".rstrip()
+
+
+def _from_response(
+    code: int, message: str, *, refused: dict[str, str] | None = None
+) -> DeliveryFailed:
+    """Map an upstream error reply: 5xx passes through as it is; anything else becomes 451."""
+    upstream = _reply(code, message)
+    if 500 <= code <= 599:
+        text = one_line(message) or "5.0.0 rejected upstream"
+        return DeliveryFailed(code, text, permanent=True, upstream_reply=upstream, refused=refused)
+    text = f"4.3.0 upstream deferred: {upstream}"[:MAX_REPLY_TEXT]
+    return DeliveryFailed(451, text, upstream_reply=upstream, refused=refused)
+
+
+def _body_options(mail_options: Sequence[str], client: aiosmtplib.SMTP) -> list[str]:
+    # SIZE is recomputed by aiosmtplib; BODY=8BITMIME only where the upstream announced it.
+    return [
+        option
+        for option in mail_options
+        if option.upper() == "BODY=8BITMIME" and client.supports_extension("8bitmime")
+    ]
+
+
+class SMTPForwarder:
+    """Delivers through the smarthost with aiosmtplib, one connection per message."""
+
+    def __init__(self, config: UpstreamConfig, *, local_hostname: str | None = None) -> None:
+        assert config.host is not None
+        self.config = config
+        self.local_hostname = local_hostname
+
+    def _client(self) -> aiosmtplib.SMTP:
+        cfg = self.config
+        return aiosmtplib.SMTP(
+            hostname=cfg.host,
+            port=cfg.effective_port,
+            timeout=cfg.timeout,
+            use_tls=cfg.tls == "tls",
+            start_tls=cfg.tls == "starttls",
+            validate_certs=cfg.verify,
+            cert_bundle=str(cfg.ca_file) if cfg.ca_file else None,
+            username=cfg.username,
+            password=cfg.password_file.reveal() if cfg.password_file else None,
+            local_hostname=self.local_hostname,
+        )
+
+    async def deliver(
+        self, mail_from: str, rcpt_tos: Sequence[str], data: bytes, mail_options: Sequence[str]
+    ) -> Delivery:
+        client = self._client()
+        try:
+            try:
+                await client.connect()
+            except aiosmtplib.SMTPConnectResponseError as exc:
+                raise DeliveryFailed(
+                    451,
+                    f"4.3.0 upstream refused the connection: {_reply(exc.code, exc.message)}",
+                    upstream_reply=_reply(exc.code, exc.message),
+                ) from exc
+            except aiosmtplib.SMTPAuthenticationError as exc:
+                raise DeliveryFailed(
+                    451,
+                    "4.3.0 upstream refused the relay's login",
+                    upstream_reply=_reply(exc.code, exc.message),
+                ) from exc
+            except aiosmtplib.SMTPResponseException as exc:  # EHLO, STARTTLS
+                raise DeliveryFailed(
+                    451,
+                    "4.3.0 upstream session setup failed",
+                    upstream_reply=_reply(exc.code, exc.message),
+                ) from exc
+            except (aiosmtplib.SMTPTimeoutError, TimeoutError) as exc:
+                raise DeliveryFailed(451, "4.4.1 upstream timed out") from exc
+            except (aiosmtplib.SMTPConnectError, aiosmtplib.SMTPServerDisconnected, OSError) as exc:
+                raise DeliveryFailed(451, "4.4.1 upstream unreachable") from exc
+            except aiosmtplib.SMTPException as exc:  # e.g. STARTTLS not offered
+                raise DeliveryFailed(451, "4.3.0 upstream session setup failed") from exc
+
+            try:
+                if client.is_ehlo_or_helo_needed:
+                    # Learn the extensions; a HELO-only upstream gets HELO from sendmail.
+                    with contextlib.suppress(aiosmtplib.SMTPHeloError):
+                        await client.ehlo()
+                options = _body_options(mail_options, client)
+                errors, message = await client.sendmail(
+                    mail_from, list(rcpt_tos), data, mail_options=options
+                )
+            except aiosmtplib.SMTPRecipientsRefused as exc:
+                refused = {r.recipient: _reply(r.code, r.message) for r in exc.recipients}
+                first = exc.recipients[0]
+                if all(500 <= r.code <= 599 for r in exc.recipients):
+                    raise _from_response(first.code, first.message, refused=refused) from exc
+                temporary = next(r for r in exc.recipients if not 500 <= r.code <= 599)
+                raise _from_response(temporary.code, temporary.message, refused=refused) from exc
+            except aiosmtplib.SMTPResponseException as exc:  # MAIL FROM, DATA
+                raise _from_response(exc.code, exc.message) from exc
+            except (aiosmtplib.SMTPTimeoutError, TimeoutError) as exc:
+                raise DeliveryFailed(451, "4.4.1 upstream timed out") from exc
+            except (aiosmtplib.SMTPServerDisconnected, ConnectionError) as exc:
+                raise DeliveryFailed(451, "4.4.1 upstream connection lost") from exc
+            except aiosmtplib.SMTPException as exc:
+                raise DeliveryFailed(451, f"4.3.0 upstream error: {one_line(str(exc))}") from exc
+            return Delivery(
+                upstream_reply=_reply(250, message),
+                refused={rcpt: _reply(r.code, r.message) for rcpt, r in errors.items()},
+            )
+        except asyncio.CancelledError:
+            # Our client left (or we are shutting down): abort, so the upstream drops the
+            # half-sent message instead of delivering what our client will send again.
+            client.close()
+            raise
+        finally:
+            await _hang_up(client)
+
+
+async def _hang_up(client: aiosmtplib.SMTP) -> None:
+    if not client.is_connected:
+        return
+    try:
+        await client.quit(timeout=5)
+    except (aiosmtplib.SMTPException, OSError, TimeoutError):
+        client.close()
+
+
+class MaildirForwarder:
+    """Delivers into a local Maildir (`upstream.maildir`): for trials, tests and `make run`.
+
+    Maildir keeps only the message bytes; the envelope is on the audit line. Each file is
+    written to tmp/, fsynced, moved into new/ and the folder fsynced, in a worker thread.
+    """
+
+    def __init__(self, path: Path, *, hostname: str | None = None) -> None:
+        self.path = path
+        self.hostname = (hostname or socket.gethostname()).replace("/", "-").replace(":", "-")
+        self._counter = 0
+
+    def ensure_folders(self) -> None:
+        for sub in ("tmp", "new", "cur"):
+            (self.path / sub).mkdir(parents=True, exist_ok=True)
+
+    def _unique_name(self) -> str:
+        self._counter += 1
+        now = time.time()
+        return (
+            f"{int(now)}.M{int(now % 1 * 1_000_000)}P{os.getpid()}"
+            f"Q{self._counter}R{secrets.token_hex(4)}.{self.hostname}"
+        )
+
+    def _write(self, name: str, data: bytes) -> None:
+        self.ensure_folders()
+        tmp = self.path / "tmp" / name
+        final = self.path / "new" / name
+        try:
+            with open(tmp, "xb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.rename(tmp, final)
+            folder = os.open(self.path / "new", os.O_RDONLY)
+            try:
+                os.fsync(folder)
+            finally:
+                os.close(folder)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    async def deliver(
+        self, mail_from: str, rcpt_tos: Sequence[str], data: bytes, mail_options: Sequence[str]
+    ) -> Delivery:
+        name = self._unique_name()
+        try:
+            await asyncio.to_thread(self._write, name, data)
+        except OSError as exc:
+            raise DeliveryFailed(
+                451, f"4.3.0 cannot write to the Maildir ({exc.strerror or type(exc).__name__})"
+            ) from exc
+        return Delivery(upstream_reply=f"250 2.0.0 delivered to Maildir as {name}")
+
+
+def make_forwarder(config: UpstreamConfig, *, local_hostname: str | None = None) -> Forwarder:
+    """The forwarder the config asks for."""
+    if config.maildir is not None:
+        return MaildirForwarder(config.maildir, hostname=local_hostname)
+    return SMTPForwarder(config, local_hostname=local_hostname)

@@ -1,0 +1,241 @@
+"""The SMTP handler: aiosmtpd hooks that turn each transaction into a decision and a reply.
+
+Every path returns a deliberate reply code; anything unexpected becomes `451 4.3.0` plus an
+`error` audit event, never aiosmtpd's default 500. The message's canonical audit line is
+written after its final reply. Scanning is an injected callable, run off the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.parser
+import email.policy
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from relay import audit as events
+from relay.audit import AuditLog
+from relay.config import Config
+from relay.errors import UpstreamError
+from relay.forwarder import DeliveryFailed, Forwarder
+from relay.model import CLEAN, Action, Verdict
+from relay.policy import decide
+
+ScanFn = Callable[[bytes], Verdict]
+
+TEMPORARY_FAILURE = "451 4.3.0 Error: internal error, please try again later"
+MAX_SUBJECT = 200
+
+
+def clean_scan(data: bytes) -> Verdict:
+    """The scanner used until the rule engine is wired in: every message is clean."""
+    return CLEAN
+
+
+def new_id() -> str:
+    """A short, unique, log-friendly id for a session or a message."""
+    return secrets.token_hex(6).upper()
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Everything a transaction needs, swapped as one piece when SIGHUP reloads the config."""
+
+    config: Config
+    forwarder: Forwarder
+    audit: AuditLog
+    scan: ScanFn = clean_scan
+
+
+class RelaySession(Session):
+    """aiosmtpd's session plus the id and timing the audit log needs."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop)
+        self.session_id = new_id()
+        self.started = time.monotonic()
+        self.messages = 0
+
+    @property
+    def client(self) -> str | None:
+        peer = self.peer
+        if isinstance(peer, tuple | list) and peer:
+            return str(peer[0])
+        return None if peer is None else str(peer)
+
+    @property
+    def auth_user(self) -> str | None:
+        if not self.authenticated or self.auth_data is None:
+            return None
+        login = getattr(self.auth_data, "login", self.auth_data)
+        return login.decode("utf-8", "replace") if isinstance(login, bytes) else str(login)
+
+
+def header_summary(data: bytes) -> tuple[str | None, str | None]:
+    """Message-ID and Subject (decoded, one line, truncated) for the audit line."""
+    try:
+        headers = email.parser.BytesHeaderParser(policy=email.policy.default).parsebytes(data)
+        message_id, subject = headers.get("message-id"), headers.get("subject")
+    except Exception:  # a broken header must not cost the message its audit line
+        return None, None
+    subject_text = " ".join(str(subject).split())[:MAX_SUBJECT] if subject is not None else None
+    return (str(message_id).strip() or None) if message_id else None, subject_text
+
+
+def _inspect(scan: ScanFn, data: bytes) -> tuple[tuple[str | None, str | None], Verdict]:
+    return header_summary(data), scan(data)
+
+
+class RelayHandler:
+    """aiosmtpd handler; `runtime` is replaced as a whole on reload, never mutated."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    # --- session events (called by the server's protocol, which aiosmtpd has no hook for) ---
+
+    def session_started(self, session: RelaySession) -> None:
+        self.runtime.audit.emit(
+            events.EVENT_SESSION_CONNECT,
+            session_id=session.session_id,
+            client=session.client,
+        )
+
+    def session_ended(self, session: RelaySession) -> None:
+        self.runtime.audit.emit(
+            events.EVENT_SESSION_DISCONNECT,
+            session_id=session.session_id,
+            client=session.client,
+            messages=session.messages,
+            duration_ms=round((time.monotonic() - session.started) * 1000),
+        )
+
+    # --- aiosmtpd hooks ---
+
+    async def handle_MAIL(
+        self,
+        server: SMTP,
+        session: RelaySession,
+        envelope: Envelope,
+        address: str,
+        mail_options: list[str],
+    ) -> str:
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 2.1.0 Sender OK"
+
+    async def handle_RCPT(
+        self,
+        server: SMTP,
+        session: RelaySession,
+        envelope: Envelope,
+        address: str,
+        rcpt_options: list[str],
+    ) -> str:
+        if len(envelope.rcpt_tos) >= self.runtime.config.limits.max_recipients:
+            return "452 4.5.3 Error: too many recipients"
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return "250 2.1.5 Recipient OK"
+
+    async def handle_DATA(self, server: SMTP, session: RelaySession, envelope: Envelope) -> str:
+        runtime = self.runtime  # one config for the whole transaction, even across a reload
+        started = time.monotonic()
+        data = envelope.original_content or b""
+        queue_id = new_id()
+        session.messages += 1
+        record: dict[str, Any] = {
+            "session_id": session.session_id,
+            "queue_id": queue_id,
+            "client": session.client,
+            "auth_user": session.auth_user,
+            "mail_from": envelope.mail_from,
+            "rcpt_to": list(envelope.rcpt_tos),
+            "message_id": None,
+            "subject": None,
+            "size": len(data),
+            "verdict": None,
+            "categories": [],
+            "hits": [],
+            "action": None,
+            "would_action": None,
+            "reply": None,
+            "upstream_reply": None,
+            "refused": {},
+            "duration_ms": None,
+            "rules_version": None,
+        }
+        try:
+            reply = await self._process(runtime, envelope, data, queue_id, record)
+        except asyncio.CancelledError:
+            # The client went away before its reply: log the message, then let aiosmtpd unwind.
+            record["duration_ms"] = round((time.monotonic() - started) * 1000)
+            record["error"] = "client disconnected before the reply"
+            runtime.audit.emit(events.EVENT_MESSAGE, **record)
+            raise
+        except Exception as exc:
+            runtime.audit.emit(
+                events.EVENT_ERROR,
+                session_id=session.session_id,
+                queue_id=queue_id,
+                stage="DATA",
+                error=f"{type(exc).__name__}: {exc}",
+            )
+            reply = TEMPORARY_FAILURE
+        record["reply"] = reply
+        record["duration_ms"] = round((time.monotonic() - started) * 1000)
+        # aiosmtpd sends the reply as soon as this hook returns; the line follows it.
+        asyncio.get_running_loop().call_soon(
+            lambda: runtime.audit.emit(events.EVENT_MESSAGE, **record)
+        )
+        return reply
+
+    async def _process(
+        self,
+        runtime: Runtime,
+        envelope: Envelope,
+        data: bytes,
+        queue_id: str,
+        record: dict[str, Any],
+    ) -> str:
+        (message_id, subject), verdict = await asyncio.to_thread(_inspect, runtime.scan, data)
+        record.update(
+            message_id=message_id,
+            subject=subject,
+            verdict=verdict.label,
+            categories=[category.value for category in verdict.categories],
+            hits=[hit.as_log() for hit in verdict.hits],
+            rules_version=verdict.rules_version or None,
+        )
+        decision = decide(verdict, runtime.config.policy)
+        record.update(
+            action=decision.action.value,
+            would_action=decision.would_action.value if decision.would_action else None,
+        )
+        if decision.action is not Action.FORWARD:
+            # Fail closed until the quarantine/reject/tag paths exist: the client retries.
+            return "451 4.3.0 Error: action not available, please try again later"
+        assert envelope.mail_from is not None
+        try:
+            delivery = await runtime.forwarder.deliver(
+                envelope.mail_from, envelope.rcpt_tos, data, envelope.mail_options
+            )
+        except DeliveryFailed as exc:
+            record.update(upstream_reply=exc.upstream_reply, refused=exc.refused)
+            return exc.reply
+        except UpstreamError as exc:
+            return f"{exc.code} {exc.text}"
+        record.update(upstream_reply=delivery.upstream_reply, refused=delivery.refused)
+        return f"250 2.0.0 queued as {queue_id}"
+
+    async def handle_exception(self, error: Exception) -> str:
+        """Any exception escaping a command: log it and ask the client to retry later."""
+        self.runtime.audit.emit(
+            events.EVENT_ERROR, stage="command", error=f"{type(error).__name__}: {error}"
+        )
+        return TEMPORARY_FAILURE

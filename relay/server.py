@@ -1,0 +1,310 @@
+"""Server lifecycle: listen on the running event loop, reload on SIGHUP, stop gracefully.
+
+`RelayServer` runs in whatever loop starts it, so tests run a real relay in-process on port 0
+and read the bound port from `.port`. SIGTERM (and SIGINT) stop accepting, answer idle sessions
+`421`, give transactions in flight `limits.shutdown_timeout` seconds, then close the rest.
+SIGHUP reloads the config file and reopens the audit log; a broken new config is logged and the
+old one stays in force. The listening address needs a restart to change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+from typing import Any, AnyStr
+
+from aiosmtpd.smtp import SMTP
+
+from relay import audit as events
+from relay.audit import AuditLog
+from relay.config import Config, load_config
+from relay.errors import ConfigError, RelayError
+from relay.forwarder import MaildirForwarder, make_forwarder
+from relay.handler import RelayHandler, RelaySession, Runtime, ScanFn, clean_scan
+
+IDENT = "outbox-relay ESMTP"
+SHUTDOWN_REPLY = "421 4.3.2 Service shutting down, please try again later"
+
+ScannerFactory = Callable[[Config], ScanFn]
+
+# aiosmtpd answers a few limits itself with bare codes; clients get the enhanced ones.
+REPLY_REWRITES = {
+    "552 Error: Too much mail data": "552 5.3.4 Error: message exceeds the size limit",
+    "552 Error: message size exceeds fixed maximum message size": (
+        "552 5.3.4 Error: message exceeds the size limit"
+    ),
+}
+
+
+def default_scanner(config: Config) -> ScanFn:
+    """Until the rule engine is wired in, every message scans clean."""
+    return clean_scan
+
+
+class RelaySMTP(SMTP):
+    """aiosmtpd's protocol with session bookkeeping for the audit log and graceful shutdown."""
+
+    def __init__(self, handler: RelayHandler, relay: RelayServer, **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self.relay_handler = handler
+        self.relay = relay
+        self.in_data = False
+
+    def _create_session(self) -> RelaySession:
+        return RelaySession(self.loop)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        previous = self.session
+        super().connection_made(transport)
+        session = self.session
+        assert isinstance(session, RelaySession)
+        if isinstance(previous, RelaySession):
+            # STARTTLS starts a fresh aiosmtpd session; it is still the same client connection.
+            session.session_id = previous.session_id
+            session.started = previous.started
+            session.messages = previous.messages
+            return
+        self.relay.sessions.add(self)
+        self.relay_handler.session_started(session)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        super().connection_lost(error)
+        if self in self.relay.sessions:
+            self.relay.sessions.discard(self)
+            assert isinstance(self.session, RelaySession)
+            self.relay_handler.session_ended(self.session)
+            if not self.relay.sessions:
+                self.relay.all_sessions_closed.set()
+
+    async def push(self, status: AnyStr) -> None:
+        if isinstance(status, str):
+            await super().push(REPLY_REWRITES.get(status, status))
+        else:
+            await super().push(status)
+
+    async def smtp_DATA(self, arg: str) -> None:
+        self.in_data = True
+        try:
+            await super().smtp_DATA(arg)
+        finally:
+            self.in_data = False
+        if self.relay.stopping and self.transport is not None:
+            await self.push(SHUTDOWN_REPLY)
+            self.transport.close()
+
+    @property
+    def handler_task(self) -> asyncio.Task[None] | None:
+        """The task running this session's commands (aiosmtpd keeps it private)."""
+        task: asyncio.Task[None] | None = self._handler_coroutine
+        return task
+
+    @property
+    def idle(self) -> bool:
+        """True between transactions: closing now loses nothing the client thinks was sent."""
+        return not self.in_data and (self.envelope is None or self.envelope.mail_from is None)
+
+    def close_idle(self) -> None:
+        if self.transport is not None:
+            self._writer.write(SHUTDOWN_REPLY.encode() + b"\r\n")
+            self.transport.close()
+
+
+class RelayServer:
+    """One running relay: listener, handler, forwarder and audit log, for one config.
+
+    `make_scanner(config)` builds the scanning callable (rebuilt on every reload);
+    by default every message scans clean.
+    """
+
+    def __init__(self, config: Config, *, make_scanner: ScannerFactory = default_scanner) -> None:
+        self.config = config
+        self.make_scanner = make_scanner
+        self.sessions: set[RelaySMTP] = set()
+        self.all_sessions_closed = asyncio.Event()
+        self.stopping = False
+        self.stopped = asyncio.Event()
+        self.hostname = config.listen.hostname or ""
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._runtime: Runtime | None = None
+        self._handler: RelayHandler | None = None
+        self._background: set[asyncio.Task[Any]] = set()
+
+    # --- building blocks ---
+
+    @property
+    def runtime(self) -> Runtime:
+        assert self._runtime is not None, "RelayServer.start() has not run"
+        return self._runtime
+
+    @property
+    def audit(self) -> AuditLog:
+        return self.runtime.audit
+
+    def _build_runtime(self, config: Config, audit: AuditLog) -> Runtime:
+        """Everything that depends on the config; raises RelayError if any of it is unusable."""
+        forwarder = make_forwarder(config.upstream, local_hostname=self.hostname)
+        if isinstance(forwarder, MaildirForwarder):
+            try:
+                forwarder.ensure_folders()
+            except OSError as exc:
+                raise ConfigError(
+                    f"cannot create the Maildir: {exc.strerror}", key_path="upstream.maildir"
+                ) from exc
+        return Runtime(
+            config=config, forwarder=forwarder, audit=audit, scan=self.make_scanner(config)
+        )
+
+    @staticmethod
+    def _open_audit(config: Config) -> AuditLog:
+        try:
+            return AuditLog(config.audit.path)
+        except OSError as exc:
+            raise ConfigError(f"cannot open: {exc.strerror}", key_path="audit.path") from exc
+
+    def _protocol(self) -> RelaySMTP:
+        assert self._handler is not None
+        return RelaySMTP(
+            self._handler,
+            self,
+            hostname=self.hostname,
+            ident=IDENT,
+            data_size_limit=self.runtime.config.limits.max_message_size,
+            loop=asyncio.get_running_loop(),
+        )
+
+    # --- lifecycle ---
+
+    async def start(self) -> None:
+        """Listen on `listen.host:listen.port`; afterwards `.port` is the bound port."""
+        loop = asyncio.get_running_loop()
+        if not self.hostname:
+            # getfqdn can wait on DNS: look it up once, off the loop, not per connection.
+            self.hostname = await asyncio.to_thread(socket.getfqdn)
+        audit = self._open_audit(self.config)
+        try:
+            self._runtime = self._build_runtime(self.config, audit)
+        except BaseException:
+            audit.close()
+            raise
+        self._handler = RelayHandler(self._runtime)
+        listen = self.config.listen
+        try:
+            self._server = await loop.create_server(self._protocol, listen.host, listen.port)
+        except BaseException:
+            audit.close()
+            raise
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop accepting, let transactions in flight finish within `grace` seconds, then close.
+
+        `grace` defaults to `limits.shutdown_timeout`.
+        """
+        if self._server is None:
+            return
+        if self.stopping:
+            await self.stopped.wait()
+            return
+        self.stopping = True
+        if grace is None:
+            grace = self.config.limits.shutdown_timeout
+        self._server.close()
+        for protocol in list(self.sessions):
+            if protocol.idle:
+                protocol.close_idle()
+        if self.sessions:
+            self.all_sessions_closed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.all_sessions_closed.wait(), grace)
+        handlers = [p.handler_task for p in self.sessions if p.handler_task is not None]
+        for protocol in list(self.sessions):
+            if protocol.transport is not None:
+                protocol.transport.close()
+        if handlers:
+            # Closing cancels each session's task; let them log what they were doing.
+            await asyncio.wait(handlers, timeout=5)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._server.wait_closed(), 1)
+        # Let audit lines scheduled right after a final reply reach the queue.
+        for _ in range(3):
+            await asyncio.sleep(0)
+        await asyncio.to_thread(self.audit.close)
+        self.stopped.set()
+
+    async def reload(self) -> bool:
+        """Re-read the config file; on any error keep the running config and log why."""
+        old = self.runtime
+        source = self.config.source
+        started = time.monotonic()
+        if source is None:
+            old.audit.emit(
+                events.EVENT_CONFIG_RELOAD_FAILED, error="config was not loaded from a file"
+            )
+            return False
+        new_audit: AuditLog | None = None
+        try:
+            config = await asyncio.to_thread(load_config, source)
+            if config.audit.path != old.config.audit.path:
+                new_audit = self._open_audit(config)
+            runtime = await asyncio.to_thread(self._build_runtime, config, new_audit or old.audit)
+        except RelayError as exc:
+            if new_audit is not None:
+                new_audit.close()
+            old.audit.reopen()
+            old.audit.emit(events.EVENT_CONFIG_RELOAD_FAILED, file=str(source), error=str(exc))
+            return False
+        restart_needed = [
+            f"listen.{key}"
+            for key in ("host", "port")
+            if getattr(config.listen, key) != getattr(self.config.listen, key)
+        ]
+        self.config = config
+        self._runtime = runtime
+        assert self._handler is not None
+        self._handler.runtime = runtime
+        if new_audit is not None:
+            await asyncio.to_thread(old.audit.close)
+        else:
+            runtime.audit.reopen()
+        runtime.audit.emit(
+            events.EVENT_CONFIG_RELOAD,
+            file=str(source),
+            restart_needed=restart_needed,
+            duration_ms=round((time.monotonic() - started) * 1000),
+        )
+        return True
+
+    def install_signal_handlers(self) -> None:
+        """SIGTERM/SIGINT stop gracefully, SIGHUP reloads; call once from the serving loop."""
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self._spawn, self.stop)
+        loop.add_signal_handler(signal.SIGINT, self._spawn, self.stop)
+        loop.add_signal_handler(signal.SIGHUP, self._spawn, self.reload)
+
+    def _spawn(self, action: Callable[[], Any]) -> None:
+        task = asyncio.get_running_loop().create_task(action())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def serve(self, *, ready: Callable[[RelayServer], None] | None = None) -> None:
+        """Start, handle signals, and return once a signal has stopped the relay."""
+        await self.start()
+        self.install_signal_handlers()
+        if ready is not None:
+            ready(self)
+        await self.stopped.wait()
+
+
+def announce(server: RelayServer) -> None:
+    """Start-up note on stderr (stdout may be the audit log)."""
+    print(
+        f"outbox-relay: listening on {server.config.listen.host}:{server.port}",
+        file=sys.stderr,
+        flush=True,
+    )

@@ -1,0 +1,160 @@
+"""The audit log: the canonical message line, session events, and surviving logrotate."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from relay import audit as audit_module
+from relay.audit import AuditLog
+from tests.conftest import StartRelay, WriteConfig
+from tests.support import MESSAGE, RunningRelay, Sink
+
+MESSAGE_FIELDS = {
+    "ts",
+    "event",
+    "session_id",
+    "client",
+    "auth_user",
+    "mail_from",
+    "rcpt_to",
+    "message_id",
+    "subject",
+    "size",
+    "verdict",
+    "categories",
+    "hits",
+    "action",
+    "would_action",
+    "reply",
+    "upstream_reply",
+    "refused",
+    "duration_ms",
+    "rules_version",
+}
+
+
+def parse_ts(value: str) -> datetime:
+    stamp = datetime.fromisoformat(value)
+    assert stamp.utcoffset() is not None and stamp.utcoffset().total_seconds() == 0  # type: ignore[union-attr]
+    return stamp
+
+
+async def test_message_line_carries_every_field(relay: RunningRelay, sink: Sink) -> None:
+    before = datetime.now(UTC)
+    reply = await relay.send(MESSAGE, mail_from="orders@shop.example", rcpt_tos=["a@b.example"])
+
+    [line] = await relay.messages()
+
+    assert set(line) >= MESSAGE_FIELDS
+    assert list(line)[:2] == ["ts", "event"]
+    assert before <= parse_ts(line["ts"]) <= datetime.now(UTC)
+    assert line["event"] == "message"
+    assert line["client"] == "127.0.0.1"
+    assert line["auth_user"] is None
+    assert line["mail_from"] == "orders@shop.example"
+    assert line["rcpt_to"] == ["a@b.example"]
+    assert line["message_id"] == "<order-1001@example.com>"
+    assert line["subject"] == "Your order has shipped"
+    assert line["size"] == len(MESSAGE)
+    assert (line["verdict"], line["categories"], line["hits"]) == ("clean", [], [])
+    assert (line["action"], line["would_action"]) == ("forward", None)
+    assert line["reply"] == reply.line
+    assert line["upstream_reply"] == "250 2.0.0 Ok: queued as SINK1"
+    assert line["refused"] == {}
+    assert isinstance(line["duration_ms"], int) and line["duration_ms"] >= 0
+    [connect] = await relay.audit_events("session.connect")
+    assert line["session_id"] == connect["session_id"]
+
+
+async def test_session_connect_and_disconnect_events(relay: RunningRelay) -> None:
+    await relay.send()
+    await relay.send()
+
+    connects = await relay.audit_events("session.connect")
+    disconnects = await relay.audit_events("session.disconnect")
+
+    assert len(connects) == 2 and len(disconnects) == 2
+    assert {c["session_id"] for c in connects} == {d["session_id"] for d in disconnects}
+    assert all(d["messages"] == 1 for d in disconnects)
+    assert all(c["client"] == "127.0.0.1" for c in connects)
+
+
+async def test_subject_is_decoded_and_truncated(relay: RunningRelay) -> None:
+    long_subject = "=?utf-8?q?Gr=C3=BC=C3=9Fe?= " + "word " * 100
+    data = f"Subject: {long_subject}\r\nFrom: a@b.example\r\n\r\nbody\r\n".encode()
+
+    await relay.send(data)
+
+    [line] = await relay.messages()
+    assert line["subject"].startswith("Grüße word word")
+    assert len(line["subject"]) == 200
+    assert line["message_id"] is None
+
+
+async def test_monitor_mode_records_would_action(
+    write_config: WriteConfig, start_relay: StartRelay, sink: Sink
+) -> None:
+    relay = await start_relay(write_config(upstream=sink.upstream(), policy={"mode": "monitor"}))
+
+    await relay.send()
+
+    [line] = await relay.messages()
+    assert (line["action"], line["would_action"]) == ("forward", "forward")
+
+
+def read_lines(path: Path) -> list[dict[str, object]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_file_target_survives_rotation_by_rename(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(audit_module, "INODE_CHECK_INTERVAL", 0.0)
+    path = tmp_path / "audit.log"
+    log = AuditLog(path)
+    log.emit("error", n=1)
+    assert log.flush()
+    path.rename(tmp_path / "audit.log.1")  # what logrotate does, without telling us
+
+    log.emit("error", n=2)
+    log.close()
+
+    assert [line["n"] for line in read_lines(tmp_path / "audit.log.1")] == [1]
+    assert [line["n"] for line in read_lines(path)] == [2]
+
+
+def test_reopen_switches_to_the_new_file(tmp_path: Path) -> None:
+    path = tmp_path / "audit.log"
+    log = AuditLog(path)  # the inode check waits a second: only reopen() can explain a switch
+    log.emit("error", n=1)
+    assert log.flush()
+    path.rename(tmp_path / "audit.log.1")
+
+    log.reopen()
+    log.emit("error", n=2)
+    log.close()
+
+    assert [line["n"] for line in read_lines(path)] == [2]
+
+
+def test_stdout_target_writes_json_lines(capsys: pytest.CaptureFixture[str]) -> None:
+    log = AuditLog(None)
+    log.emit("config.reload", file="x.yaml")
+    log.close()
+
+    [line] = [json.loads(text) for text in capsys.readouterr().out.splitlines()]
+    assert (line["event"], line["file"]) == ("config.reload", "x.yaml")
+    parse_ts(line["ts"])
+
+
+def test_a_burst_of_lines_is_written_completely_and_in_order(tmp_path: Path) -> None:
+    log = AuditLog(tmp_path / "audit.log")
+    for n in range(5000):
+        log.emit("error", n=n)
+    log.close()
+
+    assert [line["n"] for line in read_lines(tmp_path / "audit.log")] == list(range(5000))

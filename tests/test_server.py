@@ -1,0 +1,204 @@
+"""Server lifecycle: reload keeps or replaces the config, stop is graceful, signals work."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import sys
+from pathlib import Path
+
+import aiosmtplib
+import pytest
+import yaml
+
+from relay.config import PolicyConfig
+from relay.model import CLEAN, Action
+from relay.policy import Decision, decide
+from tests.conftest import StartRelay, WriteConfig
+from tests.support import MESSAGE, RunningRelay, Sink, send
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def rewrite(path: Path, **changes: dict[str, object]) -> None:
+    config = yaml.safe_load(path.read_text())
+    for key, value in changes.items():
+        config[key] = {**config.get(key, {}), **value}
+    path.write_text(yaml.safe_dump(config))
+
+
+async def test_reload_switches_to_the_new_upstream(
+    relay: RunningRelay, sink: Sink, tmp_path: Path
+) -> None:
+    other = await Sink().start()
+    try:
+        rewrite(relay.config_path, upstream={"port": other.port})
+
+        assert await relay.server.reload() is True
+        reply = await relay.send()
+    finally:
+        await other.stop()
+
+    assert reply.code == 250
+    assert (len(sink.messages), len(other.messages)) == (0, 1)
+    [event] = await relay.audit_events("config.reload")
+    assert event["file"] == str(relay.config_path)
+    assert event["restart_needed"] == []
+
+
+async def test_broken_reload_keeps_the_running_config(relay: RunningRelay, sink: Sink) -> None:
+    rewrite(relay.config_path, upstream={"port": "not a port"})
+
+    assert await relay.server.reload() is False
+    reply = await relay.send()
+
+    assert reply.code == 250
+    assert len(sink.messages) == 1
+    [event] = await relay.audit_events("config.reload_failed")
+    assert "upstream.port" in event["error"]
+
+
+async def test_reload_reports_listen_changes_need_a_restart(
+    relay: RunningRelay, sink: Sink
+) -> None:
+    port = relay.port
+    rewrite(relay.config_path, listen={"port": 10999})
+
+    assert await relay.server.reload() is True
+
+    assert (await relay.send()).code == 250
+    assert relay.port == port
+    [event] = await relay.audit_events("config.reload")
+    assert event["restart_needed"] == ["listen.port"]
+
+
+async def test_reload_can_move_the_audit_log(
+    relay: RunningRelay, sink: Sink, tmp_path: Path
+) -> None:
+    rewrite(relay.config_path, audit={"path": str(tmp_path / "new-audit.log")})
+
+    assert await relay.server.reload() is True
+    await relay.send()
+
+    lines = await relay.audit_events()
+    assert relay.server.config.audit.path == tmp_path / "new-audit.log"
+    assert [line["event"] for line in lines][-3:] == [
+        "session.connect",
+        "message",
+        "session.disconnect",
+    ]
+
+
+async def test_stop_lets_a_transaction_in_flight_finish(relay: RunningRelay, sink: Sink) -> None:
+    sink.handler.data_delay = 0.5
+    sending = asyncio.create_task(relay.send())
+    await asyncio.wait_for(sink.handler.data_started.wait(), 10)
+
+    await relay.server.stop(grace=10)
+    reply = await sending
+
+    assert reply.code == 250
+    assert len(sink.messages) == 1
+    with pytest.raises(OSError):
+        await send(relay.port)
+
+
+async def test_stop_closes_idle_sessions_with_421_without_waiting(relay: RunningRelay) -> None:
+    client = aiosmtplib.SMTP(hostname="127.0.0.1", port=relay.port, start_tls=False)
+    await client.connect()
+    await client.ehlo()
+
+    await asyncio.wait_for(relay.server.stop(grace=60), 10)
+
+    with pytest.raises(aiosmtplib.SMTPException):
+        await client.mail("shop@example.com")
+    client.close()
+
+
+async def test_stop_after_grace_closes_sessions_and_logs_the_message(
+    relay: RunningRelay, sink: Sink
+) -> None:
+    sink.handler.data_delay = 5
+    sending = asyncio.create_task(relay.send())
+    await asyncio.wait_for(sink.handler.data_started.wait(), 10)
+
+    await relay.server.stop(grace=0.2)
+
+    with pytest.raises(aiosmtplib.SMTPException):
+        await sending
+    assert sink.messages == []
+    path = relay.server.config.audit.path
+    assert path is not None
+    [line] = [e for e in map(json.loads, path.read_text().splitlines()) if e["event"] == "message"]
+    assert line["reply"] is None
+    assert line["error"] == "client disconnected before the reply"
+
+
+def test_decide_forwards_and_monitor_mode_records_would_action() -> None:
+    assert decide(CLEAN, PolicyConfig()) == Decision(Action.FORWARD)
+    assert decide(CLEAN, PolicyConfig(mode="monitor")) == Decision(
+        Action.FORWARD, would_action=Action.FORWARD
+    )
+
+
+async def test_sighup_reloads_and_sigterm_stops_a_serving_process(
+    tmp_path: Path, start_relay: StartRelay, write_config: WriteConfig
+) -> None:
+    path = tmp_path / "relay.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "listen": {"host": "127.0.0.1", "port": 0},
+                "upstream": {"maildir": "first"},
+                "audit": {"path": "-"},
+                "quarantine": {"path": "quarantine"},
+            }
+        )
+    )
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "relay",
+        "serve",
+        "--config",
+        str(path),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        cwd=REPO,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert process.stdout is not None and process.stderr is not None
+
+    async def next_event(name: str) -> dict[str, object]:
+        assert process.stdout is not None
+        while True:
+            event = json.loads(await asyncio.wait_for(process.stdout.readline(), 10))
+            if event["event"] == name:
+                return event  # type: ignore[no-any-return]
+
+    try:
+        banner = (await asyncio.wait_for(process.stderr.readline(), 20)).decode()
+        match = re.search(r":(\d+)$", banner.strip())
+        assert match, banner
+        port = int(match.group(1))
+        assert (await send(port)).code == 250
+        await next_event("message")
+
+        rewrite(path, upstream={"maildir": "second"})
+        process.send_signal(signal.SIGHUP)
+        await next_event("config.reload")
+        assert (await send(port)).code == 250
+        await next_event("message")
+
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), 20) == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+    assert [f.read_bytes() for f in (tmp_path / "first" / "new").iterdir()] == [MESSAGE]
+    assert [f.read_bytes() for f in (tmp_path / "second" / "new").iterdir()] == [MESSAGE]
