@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import socket
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, AnyStr
 
 from aiosmtpd.smtp import SMTP
@@ -39,6 +41,25 @@ REPLY_REWRITES = {
         "552 5.3.4 Error: message exceeds the size limit"
     ),
 }
+
+
+def sd_notify(*states: str) -> None:
+    """Tell systemd about our state (`READY=1`, ...) when it asked via NOTIFY_SOCKET."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):  # abstract socket namespace
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.connect(address)
+            sock.sendall("\n".join(states).encode())
+    except OSError as exc:
+        print(f"outbox-relay: cannot notify systemd: {exc}", file=sys.stderr)
+
+
+def _monotonic_usec() -> str:
+    return f"MONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}"
 
 
 def default_scanner(config: Config) -> ScanFn:
@@ -134,6 +155,7 @@ class RelayServer:
         self._runtime: Runtime | None = None
         self._handler: RelayHandler | None = None
         self._background: set[asyncio.Task[Any]] = set()
+        self._reload_lock = asyncio.Lock()
 
     # --- building blocks ---
 
@@ -212,6 +234,7 @@ class RelayServer:
             await self.stopped.wait()
             return
         self.stopping = True
+        sd_notify("STOPPING=1")
         if grace is None:
             grace = self.config.limits.shutdown_timeout
         self._server.close()
@@ -239,9 +262,17 @@ class RelayServer:
 
     async def reload(self) -> bool:
         """Re-read the config file; on any error keep the running config and log why."""
-        old = self.runtime
-        source = self.config.source
-        started = time.monotonic()
+        async with self._reload_lock:  # two quick SIGHUPs reload one after the other
+            old = self.runtime
+            source = self.config.source
+            started = time.monotonic()
+            sd_notify("RELOADING=1", _monotonic_usec())
+            try:
+                return await self._reload(old, source, started)
+            finally:
+                sd_notify("READY=1")
+
+    async def _reload(self, old: Runtime, source: Path | None, started: float) -> bool:
         if source is None:
             old.audit.emit(
                 events.EVENT_CONFIG_RELOAD_FAILED, error="config was not loaded from a file"
@@ -253,11 +284,12 @@ class RelayServer:
             if config.audit.path != old.config.audit.path:
                 new_audit = self._open_audit(config)
             runtime = await asyncio.to_thread(self._build_runtime, config, new_audit or old.audit)
-        except RelayError as exc:
+        except Exception as exc:  # whatever broke, the running config stays in force
             if new_audit is not None:
                 new_audit.close()
             old.audit.reopen()
-            old.audit.emit(events.EVENT_CONFIG_RELOAD_FAILED, file=str(source), error=str(exc))
+            reason = str(exc) if isinstance(exc, RelayError) else f"{type(exc).__name__}: {exc}"
+            old.audit.emit(events.EVENT_CONFIG_RELOAD_FAILED, file=str(source), error=reason)
             return False
         restart_needed = [
             f"listen.{key}"
@@ -296,6 +328,7 @@ class RelayServer:
         """Start, handle signals, and return once a signal has stopped the relay."""
         await self.start()
         self.install_signal_handlers()
+        sd_notify("READY=1", f"STATUS=listening on {self.config.listen.host}:{self.port}")
         if ready is not None:
             ready(self)
         await self.stopped.wait()

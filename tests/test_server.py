@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+import socket
 import sys
 from pathlib import Path
 
@@ -14,7 +15,8 @@ import aiosmtplib
 import pytest
 import yaml
 
-from relay.config import PolicyConfig
+from relay.config import Config, PolicyConfig
+from relay.handler import ScanFn, clean_scan
 from relay.model import CLEAN, Action
 from relay.policy import Decision, decide
 from tests.conftest import StartRelay, WriteConfig
@@ -137,6 +139,56 @@ async def test_stop_after_grace_closes_sessions_and_logs_the_message(
     assert line["error"] == "client disconnected before the reply"
 
 
+async def test_reload_failing_to_build_the_scanner_keeps_the_old_one(
+    write_config: WriteConfig, start_relay: StartRelay, sink: Sink
+) -> None:
+    calls = []
+
+    def scanner(config: Config) -> ScanFn:
+        calls.append(config)
+        if len(calls) > 1:
+            raise MemoryError("rule packs too big")
+        return clean_scan
+
+    relay = await start_relay(write_config(upstream=sink.upstream()), make_scanner=scanner)
+
+    assert await relay.server.reload() is False
+    assert (await relay.send()).code == 250
+    [event] = await relay.audit_events("config.reload_failed")
+    assert event["error"] == "MemoryError: rule packs too big"
+
+
+def notify_socket(path: Path) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    sock.setblocking(False)
+    return sock
+
+
+def received(sock: socket.socket) -> list[str]:
+    messages = []
+    while True:
+        try:
+            messages.append(sock.recv(4096).decode())
+        except BlockingIOError:
+            return messages
+
+
+async def test_systemd_hears_reloading_ready_and_stopping(
+    relay: RunningRelay, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with notify_socket(tmp_path / "notify") as sock:
+        monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify"))
+
+        await relay.server.reload()
+        await relay.server.stop()
+
+        messages = received(sock)
+    assert len(messages) == 3
+    assert re.fullmatch(r"RELOADING=1\nMONOTONIC_USEC=\d+", messages[0])
+    assert messages[1:] == ["READY=1", "STOPPING=1"]
+
+
 def test_decide_forwards_and_monitor_mode_records_would_action() -> None:
     assert decide(CLEAN, PolicyConfig()) == Decision(Action.FORWARD)
     assert decide(CLEAN, PolicyConfig(mode="monitor")) == Decision(
@@ -148,6 +200,7 @@ async def test_sighup_reloads_and_sigterm_stops_a_serving_process(
     tmp_path: Path, start_relay: StartRelay, write_config: WriteConfig
 ) -> None:
     path = tmp_path / "relay.yaml"
+    notify = notify_socket(tmp_path / "notify")
     path.write_text(
         yaml.safe_dump(
             {
@@ -168,7 +221,7 @@ async def test_sighup_reloads_and_sigterm_stops_a_serving_process(
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         cwd=REPO,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "NOTIFY_SOCKET": str(tmp_path / "notify")},
     )
     assert process.stdout is not None and process.stderr is not None
 
@@ -184,6 +237,7 @@ async def test_sighup_reloads_and_sigterm_stops_a_serving_process(
         match = re.search(r":(\d+)$", banner.strip())
         assert match, banner
         port = int(match.group(1))
+        assert received(notify) == [f"READY=1\nSTATUS=listening on 127.0.0.1:{port}"]
         assert (await send(port)).code == 250
         await next_event("message")
 
@@ -196,6 +250,7 @@ async def test_sighup_reloads_and_sigterm_stops_a_serving_process(
         process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(process.wait(), 20) == 0
     finally:
+        notify.close()
         if process.returncode is None:
             process.kill()
             await process.wait()
