@@ -18,6 +18,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -166,24 +167,32 @@ scache      unix       -       -      n      -      1       scache
 postlog     unix-dgram n       -      n      -      1       postlogd
 """
 
-# Position 1 (after-queue content filter, as in Postfix's FILTER_README): a dedicated smtp
-# transport hands mail to outbox-relay; outbox-relay forwards clean mail to the re-injection
-# listener, which must not filter again and accepts only loopback clients.
-_MASTER_FILTER = """\
-outbox-filter unix     -       -      n      -      {maxproc} smtp
-  -o smtp_data_done_timeout=1200s
-  -o smtp_send_xforward_command=no
-  -o max_use=20
-{reinject} inet      n       -      n      -      {maxproc} smtpd
-  -o content_filter=
-  -o receive_override_options=no_unknown_recipient_checks,no_header_body_checks,no_milters
-  -o smtpd_helo_restrictions=
-  -o smtpd_client_restrictions=
-  -o smtpd_sender_restrictions=
-  -o smtpd_relay_restrictions=
-  -o smtpd_recipient_restrictions=permit_mynetworks,reject
-  -o mynetworks=127.0.0.0/8
-"""
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLES = REPO / "config" / "postfix"
+POSITIONS = ("content-filter", "smarthost")
+# The ports the example fragments use; tests substitute free ones.
+EXAMPLE_RELAY_PORT = "10025"
+EXAMPLE_LISTENER = "127.0.0.1:10026"
+
+
+def example_main_cf(position: str, relay_port: int) -> dict[str, str]:
+    """The active `key = value` lines of config/postfix/POSITION/main.cf, relay port swapped."""
+    settings = {}
+    for raw in (EXAMPLES / position / "main.cf").read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, _, value = line.partition("=")
+        settings[key.strip()] = value.strip().replace(f":{EXAMPLE_RELAY_PORT}", f":{relay_port}")
+    return settings
+
+
+def example_master_cf(position: str, listener_port: int) -> str:
+    """config/postfix/POSITION/master.cf with its loopback listener moved to listener_port."""
+    text = (EXAMPLES / position / "master.cf").read_text()
+    if EXAMPLE_LISTENER not in text:
+        raise MTAError(f"{position}/master.cf no longer defines {EXAMPLE_LISTENER}")
+    return text.replace(EXAMPLE_LISTENER, f"{LOOPBACK}:{listener_port}")
 
 
 @dataclass
@@ -191,17 +200,21 @@ class PostfixInstance:
     """A private Postfix on loopback, started on enter and stopped (queue and all) on exit.
 
     relayhost: where every message goes next (the smarthost), as (host, port).
-    content_filter: position 1; every message received on `port` is handed to this SMTP
-      filter first, which must send it back to `reinject_port`.
+    position: None for a plain relay, or "content-filter" / "smarthost" to add the example
+      fragments from config/postfix/POSITION/ (main.cf and master.cf) as an operator would.
+    relay_port: where outbox-relay listens (the content filter's destination).
+    port: the instance's ordinary SMTP listener; listener_port: the fragment's loopback
+      listener (re-injection in position 1, outbox-relay's upstream in position 2).
     """
 
     relayhost: tuple[str, int]
-    content_filter: tuple[str, int] | None = None
+    position: str | None = None
+    relay_port: int = 0
     name: str = "mta"
     maxproc: int = 20
     extra_main: dict[str, str] = field(default_factory=dict)
     port: int = 0
-    reinject_port: int = 0
+    listener_port: int = 0
     root: Path = field(default_factory=Path)
     _tmp: tempfile.TemporaryDirectory[str] | None = None
 
@@ -223,15 +236,17 @@ class PostfixInstance:
         self.root = Path(self._tmp.name)
         # Postfix daemons drop to the postfix user and must traverse the folder.
         self.root.chmod(0o755)
+        if self.position is not None and self.position not in POSITIONS:
+            raise MTAError(f"unknown position {self.position!r}; expected one of {POSITIONS}")
         self.port = self.port or free_port()
-        if self.content_filter is not None:
-            self.reinject_port = self.reinject_port or free_port()
+        if self.position is not None:
+            self.listener_port = self.listener_port or free_port()
         try:
             self._write_config()
             self._run(POSTFIX, "start")
             wait_for_port(self.port)
-            if self.reinject_port:
-                wait_for_port(self.reinject_port)
+            if self.listener_port:
+                wait_for_port(self.listener_port)
         except BaseException:
             self._teardown()
             raise
@@ -288,11 +303,8 @@ class PostfixInstance:
             "maillog_file_prefixes": str(self.root),
             "smtputf8_enable": "yes",
         }
-        if self.content_filter is not None:
-            fhost, fport = self.content_filter
-            settings["content_filter"] = f"outbox-filter:[{fhost}]:{fport}"
-            # Address rewriting happens once, after the filter, as FILTER_README advises.
-            settings["receive_override_options"] = "no_address_mappings"
+        if self.position is not None:
+            settings.update(example_main_cf(self.position, self.relay_port))
         settings.update(self.extra_main)
         return settings
 
@@ -303,10 +315,8 @@ class PostfixInstance:
         main = "".join(f"{key} = {value}\n" for key, value in self.main_cf().items())
         (self.config_dir / "main.cf").write_text(main)
         master = _MASTER_BASE.format(listen=f"{LOOPBACK}:{self.port}")
-        if self.content_filter is not None:
-            master += _MASTER_FILTER.format(
-                reinject=f"{LOOPBACK}:{self.reinject_port}", maxproc=self.maxproc
-            )
+        if self.position is not None:
+            master += example_master_cf(self.position, self.listener_port)
         (self.config_dir / "master.cf").write_text(master)
         # Postfix waits for a main.cf younger than a second or two to "settle" (it re-reads
         # it until the mtime is old enough); back-date both files so start-up is instant.
@@ -448,9 +458,94 @@ class SMTPSink:
 
 
 @contextlib.contextmanager
-def postfix(
-    relayhost: tuple[str, int], content_filter: tuple[str, int] | None = None, **kwargs: Any
-) -> Iterator[PostfixInstance]:
+def postfix(relayhost: tuple[str, int], **kwargs: Any) -> Iterator[PostfixInstance]:
     """Shorthand: `with postfix((LOOPBACK, sink.port)) as mta: ...`."""
-    with PostfixInstance(relayhost=relayhost, content_filter=content_filter, **kwargs) as mta:
+    with PostfixInstance(relayhost=relayhost, **kwargs) as mta:
         yield mta
+
+
+@dataclass
+class RelayProcess:
+    """outbox-relay run as an operator runs it: `python -m relay serve --config FILE`.
+
+    A real process, so stopping it (SIGTERM) and starting it again is what a restart is.
+    Its stdout and stderr go to files next to the config, shown when it fails to start.
+    """
+
+    config: Path
+    port: int
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def output(self) -> Path:
+        return self.config.with_suffix(".out")
+
+    def start(self, timeout: float = 30.0) -> RelayProcess:
+        with self.output.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "relay", "serve", "--config", str(self.config)],
+                cwd=REPO,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise MTAError(
+                    f"outbox-relay exited {self.proc.returncode} at start:\n{self.log()[-3000:]}"
+                )
+            try:
+                with socket.create_connection((LOOPBACK, self.port), timeout=0.5):
+                    return self
+            except OSError:
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise MTAError(
+                        f"outbox-relay not listening after {timeout}s:\n{self.log()[-3000:]}"
+                    ) from None
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def log(self) -> str:
+        try:
+            return self.output.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def __enter__(self) -> RelayProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def strip_trace(data: bytes) -> tuple[list[bytes], bytes]:
+    """Split the trace headers relays prepend (Received:, X-Outbox-Relay-*) from the rest.
+
+    Returns (trace header fields, everything after them). A relay that only prepends trace
+    headers leaves the rest byte-identical to what the sender sent.
+    """
+    trace: list[bytes] = []
+    rest = data
+    while True:
+        name = rest.split(b":", 1)[0].lower()
+        if name != b"received" and not name.startswith(b"x-outbox-relay-"):
+            return trace, rest
+        # One header field: its first line plus continuation lines (starting with space/tab).
+        end = rest.index(b"\r\n") + 2
+        while rest[end : end + 1] in (b" ", b"\t"):
+            end = rest.index(b"\r\n", end) + 2
+        trace.append(rest[:end])
+        rest = rest[end:]
