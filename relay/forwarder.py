@@ -105,6 +105,12 @@ def _body_options(mail_options: Sequence[str], client: aiosmtplib.SMTP) -> list[
     ]
 
 
+def _reverse_path(mail_from: str) -> str:
+    # aiosmtpd hands over the null sender (bounces, autoreplies) as "<>"; aiosmtplib wraps
+    # what it gets in angle brackets, so it needs "" to send MAIL FROM:<> again.
+    return "" if mail_from == "<>" else mail_from
+
+
 class SMTPForwarder:
     """Delivers through the smarthost with aiosmtplib, one connection per message."""
 
@@ -167,7 +173,7 @@ class SMTPForwarder:
                         await client.ehlo()
                 options = _body_options(mail_options, client)
                 errors, message = await client.sendmail(
-                    mail_from, list(rcpt_tos), data, mail_options=options
+                    _reverse_path(mail_from), list(rcpt_tos), data, mail_options=options
                 )
             except aiosmtplib.SMTPRecipientsRefused as exc:
                 refused = {r.recipient: _reply(r.code, r.message) for r in exc.recipients}

@@ -163,6 +163,41 @@ class SilentServer:
             self._server.close()
 
 
+class ScriptedServer:
+    """A hand-driven SMTP peer: sends `greeting`, then answers each command line with the next
+    reply in `replies` and hangs up when they run out. For upstreams that misbehave in ways
+    aiosmtpd will not (a 554 greeting, dropping the line mid-transaction)."""
+
+    def __init__(self, greeting: str, replies: Sequence[str] = ()) -> None:
+        self.greeting = greeting
+        self.replies = list(replies)
+        self.commands: list[bytes] = []
+        self.port = 0
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> ScriptedServer:
+        async def talk(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writer.write(self.greeting.encode() + b"\r\n")
+            for reply in self.replies:
+                line = await reader.readline()
+                if not line:
+                    break
+                self.commands.append(line)
+                writer.write(reply.encode() + b"\r\n")
+                await writer.drain()
+            else:
+                self.commands.append(await reader.readline())
+            writer.close()
+
+        self._server = await asyncio.start_server(talk, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+
 def unused_port() -> int:
     """A port on 127.0.0.1 that nothing listens on (bound, read and released)."""
     with socket.socket() as sock:

@@ -7,7 +7,15 @@ import pytest
 from relay.config import Config
 from relay.handler import ScanFn
 from tests.conftest import StartRelay, WriteConfig
-from tests.support import MESSAGE, RunningRelay, SilentServer, Sink, make_message, unused_port
+from tests.support import (
+    MESSAGE,
+    RunningRelay,
+    ScriptedServer,
+    SilentServer,
+    Sink,
+    make_message,
+    unused_port,
+)
 
 
 async def test_message_arrives_byte_identical_with_its_envelope(
@@ -22,6 +30,15 @@ async def test_message_arrives_byte_identical_with_its_envelope(
     assert got.mail_from == "orders@shop.example"
     assert got.rcpt_tos == ["sam@b.example"]
     assert got.data == MESSAGE
+
+
+async def test_null_sender_is_forwarded_as_null_sender(relay: RunningRelay, sink: Sink) -> None:
+    reply = await relay.send(MESSAGE, mail_from="")
+
+    assert reply.code == 250
+    assert [(m.mail_from, m.data) for m in sink.messages] == [("<>", MESSAGE)]
+    [line] = await relay.messages()
+    assert line["mail_from"] == "<>"
 
 
 async def test_every_recipient_is_forwarded_in_one_transaction(
@@ -86,6 +103,57 @@ async def test_upstream_timeout_gives_451_441(
         await silent.stop()
 
     assert (reply.code, reply.text) == (451, "4.4.1 upstream timed out")
+
+
+@pytest.mark.parametrize(
+    ("greeting", "replies", "expected"),
+    [
+        pytest.param(
+            "554 5.3.2 no service here",
+            [],
+            "451 4.3.0 upstream refused the connection: 554 5.3.2 no service here",
+            id="554-greeting",
+        ),
+        pytest.param(
+            "220 hi", ["250 hi"], "451 4.4.1 upstream connection lost", id="drop-after-ehlo"
+        ),
+        pytest.param(
+            "220 hi",
+            ["250 hi", "250 ok", "250 ok"],
+            "451 4.4.1 upstream connection lost",
+            id="drop-before-data",
+        ),
+        pytest.param(
+            "220 hi",
+            ["250 hi", "250 ok", "250 ok", "354 go"],
+            "451 4.4.1 upstream connection lost",
+            id="drop-during-data",
+        ),
+        pytest.param(
+            "220 hi",
+            ["250 hi", "250 ok", "250 ok", "299 what"],
+            "451 4.3.0",
+            id="odd-reply-to-data",
+        ),
+    ],
+)
+async def test_misbehaving_upstream_gives_451(
+    write_config: WriteConfig,
+    start_relay: StartRelay,
+    greeting: str,
+    replies: list[str],
+    expected: str,
+) -> None:
+    upstream = await ScriptedServer(greeting, replies).start()
+    try:
+        relay = await start_relay(
+            write_config(upstream={"host": "127.0.0.1", "port": upstream.port, "tls": "none"})
+        )
+        reply = await relay.send()
+    finally:
+        await upstream.stop()
+
+    assert reply.line.startswith(expected)
 
 
 @pytest.mark.parametrize(
