@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -51,7 +52,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         asyncio.run(server.serve(ready=announce))
     except OSError as exc:
         host, port = config.listen.host, config.listen.port
-        print(f"outbox-relay: cannot listen on {host}:{port}: {exc.strerror}", file=sys.stderr)
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        print(f"outbox-relay: cannot listen on {host}:{port}: {reason}", file=sys.stderr)
         return EX_OSERR
     return EX_OK
 

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -82,6 +83,20 @@ def test_serve_with_invalid_config_exits_78_before_listening(tmp_path: Path) -> 
     assert result.returncode == EX_CONFIG
     assert "limits.max_recipients" in result.stderr
     assert "listening" not in result.stderr
+
+
+def test_serve_on_a_busy_port_exits_71_with_the_reason(tmp_path: Path) -> None:
+    path = tmp_path / "relay.yaml"
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        path.write_text(f"listen: {{port: {port}}}\nupstream: {{maildir: out}}\n")
+
+        result = run_cli("serve", "--config", str(path), timeout=20)
+
+    assert result.returncode == 71
+    assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in result.stderr
 
 
 def test_console_script_matches_python_m(tmp_path: Path) -> None:
