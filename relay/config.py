@@ -577,10 +577,8 @@ def parse_config(text: str, file: Path) -> Config:
         root.fail("is empty; at least `upstream` must be set")
     if not isinstance(data, dict):
         root.fail(f"must be a mapping of sections, got {_type_name(data)}")
-    ctx = Context((), file, lines)
-    config = build_section(Config, {k: v for k, v in data.items() if k != "source"}, ctx)
-    if "source" in data:
-        ctx.child("source").fail("unknown key")
+    # `source` is no setting (it has no check), so a `source:` key in the file is unknown.
+    config = build_section(Config, data, Context((), file, lines))
     return dataclasses.replace(config, source=file)
 
 

@@ -293,7 +293,7 @@ class RelayServer:
             return False
         restart_needed = [
             f"listen.{key}"
-            for key in ("host", "port")
+            for key in ("host", "port", "hostname")
             if getattr(config.listen, key) != getattr(self.config.listen, key)
         ]
         self.config = config

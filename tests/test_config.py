@@ -337,6 +337,13 @@ BAD_CONFIGS = [
         "not valid YAML",
         id="yaml-syntax",
     ),
+    pytest.param(
+        "upstream: {host: smtp.example.net}\nsource: /etc/other.yaml\n",
+        "source",
+        2,
+        "unknown key",
+        id="source-is-not-a-setting",
+    ),
     pytest.param("", None, None, "is empty", id="empty-file"),
     pytest.param("- a\n- b\n", None, None, "must be a mapping of sections", id="list-file"),
 ]
