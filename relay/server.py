@@ -165,6 +165,11 @@ class RelayServer:
         return self._runtime
 
     @property
+    def handler(self) -> RelayHandler:
+        assert self._handler is not None, "RelayServer.start() has not run"
+        return self._handler
+
+    @property
     def audit(self) -> AuditLog:
         return self.runtime.audit
 

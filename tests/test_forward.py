@@ -289,6 +289,22 @@ async def test_unexpected_error_gives_451_430_and_an_error_event(
     assert line["reply"] == reply.line
 
 
+async def test_error_in_any_command_gives_451_430_never_500(
+    relay: RunningRelay, sink: Sink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken(*args: object) -> str:
+        raise KeyError("boom")
+
+    monkeypatch.setattr(relay.server.handler, "handle_RCPT", broken)
+
+    reply = await relay.send()
+
+    assert (reply.code, reply.text[:5]) == (451, "4.3.0")
+    assert sink.messages == []
+    [error] = await relay.audit_events("error")
+    assert error["error"] == "KeyError: 'boom'"
+
+
 async def test_too_many_recipients_get_452_453_and_the_rest_is_delivered(
     write_config: WriteConfig, start_relay: StartRelay, sink: Sink
 ) -> None:
