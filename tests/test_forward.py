@@ -156,6 +156,17 @@ async def test_misbehaving_upstream_gives_451(
     assert reply.line.startswith(expected)
 
 
+async def test_starttls_required_but_not_offered_gives_451_and_sends_nothing(
+    write_config: WriteConfig, start_relay: StartRelay, sink: Sink
+) -> None:
+    relay = await start_relay(write_config(upstream=sink.upstream(tls="starttls")))
+
+    reply = await relay.send()
+
+    assert reply.line == "451 4.3.0 upstream session setup failed"
+    assert sink.messages == []  # never falls back to sending in the clear
+
+
 @pytest.mark.parametrize(
     ("stage", "upstream_reply"),
     [
