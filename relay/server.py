@@ -28,6 +28,7 @@ from relay.config import Config, load_config
 from relay.errors import ConfigError, RelayError
 from relay.forwarder import MaildirForwarder, make_forwarder
 from relay.handler import RelayHandler, RelaySession, Runtime, ScanFn, clean_scan
+from relay.smtpdata import FastDataMixin
 
 IDENT = "outbox-relay ESMTP"
 SHUTDOWN_REPLY = "421 4.3.2 Service shutting down, please try again later"
@@ -67,7 +68,7 @@ def default_scanner(config: Config) -> ScanFn:
     return clean_scan
 
 
-class RelaySMTP(SMTP):
+class RelaySMTP(FastDataMixin, SMTP):
     """aiosmtpd's protocol with session bookkeeping for the audit log and graceful shutdown."""
 
     def __init__(self, handler: RelayHandler, relay: RelayServer, **kwargs: Any) -> None:
