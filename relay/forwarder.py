@@ -111,13 +111,28 @@ def _reverse_path(mail_from: str) -> str:
     return "" if mail_from == "<>" else mail_from
 
 
+# Idle upstream connections kept for the next message, and for how long: well under the
+# idle timeouts of common smarthosts (Postfix smtpd_timeout 300 s, Exchange 600 s).
+POOL_SIZE = 16
+POOL_IDLE_SECONDS = 20.0
+POOL_CHECK_TIMEOUT = 10.0
+
+
 class SMTPForwarder:
-    """Delivers through the smarthost with aiosmtplib, one connection per message."""
+    """Delivers through the smarthost with aiosmtplib, reusing idle connections.
+
+    Opening a connection costs a TCP handshake, the greeting, EHLO (and STARTTLS and AUTH)
+    and a QUIT; reusing one costs one RSET. A connection goes back to the pool only after a
+    transaction the upstream accepted; every failure hangs up, exactly as a one-shot
+    connection would. Before reuse, RSET proves the connection is still alive; one that fails
+    it, or that sat idle longer than POOL_IDLE_SECONDS, is dropped and a fresh one opened.
+    """
 
     def __init__(self, config: UpstreamConfig, *, local_hostname: str | None = None) -> None:
         assert config.host is not None
         self.config = config
         self.local_hostname = local_hostname
+        self._idle: list[tuple[aiosmtplib.SMTP, float]] = []
 
     def _client(self) -> aiosmtplib.SMTP:
         cfg = self.config
@@ -134,38 +149,47 @@ class SMTPForwarder:
             local_hostname=self.local_hostname,
         )
 
+    async def _checkout(self) -> aiosmtplib.SMTP:
+        """A live connection: a pooled one that answers RSET, else a new one."""
+        while self._idle:
+            client, since = self._idle.pop()
+            if time.monotonic() - since > POOL_IDLE_SECONDS or not client.is_connected:
+                client.close()
+                continue
+            try:
+                await client.rset(timeout=min(POOL_CHECK_TIMEOUT, self.config.timeout))
+            except (aiosmtplib.SMTPException, OSError, TimeoutError):
+                client.close()
+                continue
+            except asyncio.CancelledError:
+                client.close()
+                raise
+            return client
+        client = self._client()
+        try:
+            await _connect(client)
+        except BaseException:
+            client.close()
+            raise
+        return client
+
+    def _checkin(self, client: aiosmtplib.SMTP) -> bool:
+        if not client.is_connected or len(self._idle) >= POOL_SIZE:
+            return False
+        self._idle.append((client, time.monotonic()))
+        return True
+
+    async def close(self) -> None:
+        """Say QUIT on every idle connection (at shutdown or when a reload replaces us)."""
+        idle, self._idle = self._idle, []
+        await asyncio.gather(*(_hang_up(client) for client, _ in idle))
+
     async def deliver(
         self, mail_from: str, rcpt_tos: Sequence[str], data: bytes, mail_options: Sequence[str]
     ) -> Delivery:
-        client = self._client()
+        client = await self._checkout()
+        accepted = False
         try:
-            try:
-                await client.connect()
-            except aiosmtplib.SMTPConnectResponseError as exc:
-                raise DeliveryFailed(
-                    451,
-                    f"4.3.0 upstream refused the connection: {_reply(exc.code, exc.message)}",
-                    upstream_reply=_reply(exc.code, exc.message),
-                ) from exc
-            except aiosmtplib.SMTPAuthenticationError as exc:
-                raise DeliveryFailed(
-                    451,
-                    "4.3.0 upstream refused the relay's login",
-                    upstream_reply=_reply(exc.code, exc.message),
-                ) from exc
-            except aiosmtplib.SMTPResponseException as exc:  # EHLO, STARTTLS
-                raise DeliveryFailed(
-                    451,
-                    "4.3.0 upstream session setup failed",
-                    upstream_reply=_reply(exc.code, exc.message),
-                ) from exc
-            except (aiosmtplib.SMTPTimeoutError, TimeoutError) as exc:
-                raise DeliveryFailed(451, "4.4.1 upstream timed out") from exc
-            except (aiosmtplib.SMTPConnectError, aiosmtplib.SMTPServerDisconnected, OSError) as exc:
-                raise DeliveryFailed(451, "4.4.1 upstream unreachable") from exc
-            except aiosmtplib.SMTPException as exc:  # e.g. STARTTLS not offered
-                raise DeliveryFailed(451, "4.3.0 upstream session setup failed") from exc
-
             try:
                 if client.is_ehlo_or_helo_needed:
                     # Learn the extensions; a HELO-only upstream gets HELO from sendmail.
@@ -190,6 +214,7 @@ class SMTPForwarder:
                 raise DeliveryFailed(451, "4.4.1 upstream connection lost") from exc
             except aiosmtplib.SMTPException as exc:
                 raise DeliveryFailed(451, f"4.3.0 upstream error: {one_line(str(exc))}") from exc
+            accepted = True
             return Delivery(
                 upstream_reply=_reply(250, message),
                 refused={rcpt: _reply(r.code, r.message) for rcpt, r in errors.items()},
@@ -200,7 +225,38 @@ class SMTPForwarder:
             client.close()
             raise
         finally:
-            await _hang_up(client)
+            if not (accepted and self._checkin(client)):
+                await _hang_up(client)
+
+
+async def _connect(client: aiosmtplib.SMTP) -> None:
+    """Open, greet, EHLO (STARTTLS, AUTH); map each failure to the reply our client gets."""
+    try:
+        await client.connect()
+    except aiosmtplib.SMTPConnectResponseError as exc:
+        raise DeliveryFailed(
+            451,
+            f"4.3.0 upstream refused the connection: {_reply(exc.code, exc.message)}",
+            upstream_reply=_reply(exc.code, exc.message),
+        ) from exc
+    except aiosmtplib.SMTPAuthenticationError as exc:
+        raise DeliveryFailed(
+            451,
+            "4.3.0 upstream refused the relay's login",
+            upstream_reply=_reply(exc.code, exc.message),
+        ) from exc
+    except aiosmtplib.SMTPResponseException as exc:  # EHLO, STARTTLS
+        raise DeliveryFailed(
+            451,
+            "4.3.0 upstream session setup failed",
+            upstream_reply=_reply(exc.code, exc.message),
+        ) from exc
+    except (aiosmtplib.SMTPTimeoutError, TimeoutError) as exc:
+        raise DeliveryFailed(451, "4.4.1 upstream timed out") from exc
+    except (aiosmtplib.SMTPConnectError, aiosmtplib.SMTPServerDisconnected, OSError) as exc:
+        raise DeliveryFailed(451, "4.4.1 upstream unreachable") from exc
+    except aiosmtplib.SMTPException as exc:  # e.g. STARTTLS not offered
+        raise DeliveryFailed(451, "4.3.0 upstream session setup failed") from exc
 
 
 async def _hang_up(client: aiosmtplib.SMTP) -> None:
@@ -266,6 +322,12 @@ class MaildirForwarder:
                 451, f"4.3.0 cannot write to the Maildir ({exc.strerror or type(exc).__name__})"
             ) from exc
         return Delivery(upstream_reply=f"250 2.0.0 delivered to Maildir as {name}")
+
+
+async def close_idle_connections(forwarder: Forwarder) -> None:
+    """QUIT the forwarder's pooled upstream connections, if it keeps any."""
+    if isinstance(forwarder, SMTPForwarder):
+        await forwarder.close()
 
 
 def make_forwarder(config: UpstreamConfig, *, local_hostname: str | None = None) -> Forwarder:

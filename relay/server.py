@@ -26,7 +26,7 @@ from relay import audit as events
 from relay.audit import AuditLog
 from relay.config import Config, load_config
 from relay.errors import ConfigError, RelayError
-from relay.forwarder import MaildirForwarder, make_forwarder
+from relay.forwarder import MaildirForwarder, close_idle_connections, make_forwarder
 from relay.handler import RelayHandler, RelaySession, Runtime, ScanFn, clean_scan
 from relay.smtpdata import FastDataMixin
 
@@ -260,6 +260,7 @@ class RelayServer:
             await asyncio.wait(handlers, timeout=5)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._server.wait_closed(), 1)
+        await close_idle_connections(self.runtime.forwarder)
         # Let audit lines scheduled right after a final reply reach the queue.
         for _ in range(3):
             await asyncio.sleep(0)
@@ -306,6 +307,8 @@ class RelayServer:
         self._runtime = runtime
         assert self._handler is not None
         self._handler.runtime = runtime
+        # The old forwarder's pooled upstream connections point at the old upstream.
+        self._spawn(lambda: close_idle_connections(old.forwarder))
         if new_audit is not None:
             await asyncio.to_thread(old.audit.close)
         else:
