@@ -210,9 +210,17 @@ def test_attachment_variant_moves_the_text_into_a_note(samples: list[Item]) -> N
 
 
 def test_build_command_writes_eml_files(tmp_path: Path) -> None:
-    assert corpus_build.main([str(tmp_path), "--variants", "plain", "qp"]) == 0
-    written = sorted(tmp_path.rglob("*.eml"))
-    assert len(written) == 2 * len(load_corpus())
+    corpus = tmp_path / "corpus"
+    (corpus / "en").mkdir(parents=True)
+    (corpus / "en" / "a.yaml").write_text(SAMPLE.read_text(encoding="utf-8"), encoding="utf-8")
+    out = tmp_path / "out"
+    assert corpus_build.main([str(out), "--variants", "plain", "qp", "--corpus", str(corpus)]) == 0
+    written = sorted(path.relative_to(out).as_posix() for path in out.rglob("*.eml"))
+    assert "en/sample-en-positive.qp.eml" in written
+    assert "ja/sample-ja-offplatform.plain.eml" in written
+    assert len(written) == 2 * len(load_file(SAMPLE))
+    raw = (out / "en" / "sample-en-positive.plain.eml").read_bytes()
+    assert raw == build(load_file(SAMPLE)[0], "plain")
 
 
 # Metrics and floors ----------------------------------------------------------------------------

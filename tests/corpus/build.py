@@ -456,9 +456,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("outdir", type=Path, help="folder to write <language>/<id>.<variant>.eml")
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
+    parser.add_argument("--corpus", type=Path, default=CORPUS_DIR, help="corpus folder")
     args = parser.parse_args(argv)
     try:
-        items = load_corpus()
+        items = load_corpus(args.corpus)
     except CorpusError as exc:
         print(exc, file=sys.stderr)
         return 2
