@@ -300,7 +300,9 @@ class _Walker:
 
     def leaf(self, part: Message, content_type: str, filename: str | None, scope: _Scope) -> None:
         disposition = part.get_content_disposition()
-        is_attachment = disposition == "attachment" or filename is not None
+        # A named text part marked inline is shown as body text (ERPs send bodies like that).
+        inline_text = disposition == "inline" and content_type.startswith("text/")
+        is_attachment = disposition == "attachment" or (filename is not None and not inline_text)
         name = (filename or "").lower()
         is_html = "html" in content_type.split("/", 1)[-1] or name.endswith(_HTML_EXTENSIONS)
         if is_attachment:

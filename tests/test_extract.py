@@ -344,6 +344,25 @@ def test_attachment_name_rfc2047_and_rfc2231() -> None:
     }
 
 
+def test_named_inline_text_part_is_a_body() -> None:
+    raw = multipart(
+        "mixed",
+        entity(
+            "Sorry for the delay.\n\nOn 3 Jun 2024, Sam <s@x.com> wrote:\n> 1 star!",
+            'Content-Type: text/plain\nContent-Disposition: inline; filename="body.txt"',
+        ),
+    )
+    assert texts(extract(raw)) == {"subject": "Hi", "text": "Sorry for the delay."}
+    raw = multipart(
+        "mixed",
+        entity(
+            "Leave 5 stars",
+            'Content-Type: application/octet-stream\nContent-Disposition: inline; filename="a.txt"',
+        ),
+    )
+    assert texts(extract(raw)) == {"subject": "Hi", "attachment:a.txt": "Leave 5 stars"}
+
+
 def test_binary_data_in_text_attachment_is_noted() -> None:
     raw = multipart(
         "mixed",
