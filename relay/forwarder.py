@@ -26,8 +26,11 @@ from typing import Protocol
 
 import aiosmtplib
 
+from relay import smtpwire
 from relay.config import UpstreamConfig
 from relay.errors import UpstreamError
+
+smtpwire.install()
 
 # Longest upstream text passed back to a client or logged; replies are single lines.
 MAX_REPLY_TEXT = 400
