@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
-
-# Only until relay/engine.py lands on main; then this guard goes and the test always runs.
-pytest.importorskip("relay.engine")
-
 from tests.corpus.evaluate import check_floors, evaluate_corpus, format_report, load_floors
 
 

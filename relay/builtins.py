@@ -1,0 +1,249 @@
+"""Built-in term lists the engine computes: addresses, links, phone numbers, star ratings.
+
+Each finder takes a normalized text and returns the `[start, end)` spans it recognizes.
+Every regular expression here is anchored on a cheap literal (`@`, `.tld`, a digit) and has
+bounded repetition, so a finder is linear in the text size; the judgement calls (is this
+Amazon's domain, a date, an order id?) are made in plain Python on the few candidates.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+from relay.normalize import LETTER, Normalized
+
+NAMES = ("email", "url", "phone", "rating", "top-rating")
+
+# --- domains ----------------------------------------------------------------------------
+
+_ALNUM = r"a-z0-9\u00e0-\u00f6\u00f8-\u024f"
+_LABEL = rf"[{_ALNUM}](?:[{_ALNUM}-]{{0,61}}[{_ALNUM}])?"
+_DOMAIN_RE = re.compile(rf"{_LABEL}(?:\.{_LABEL}){{1,8}}")
+_AMAZON_SHORT = {"amzn.to", "amzn.com", "amzn.eu", "amzn.asia", "a.co"}
+
+
+def is_amazon_domain(domain: str) -> bool:
+    """True for amazon.*, any subdomain of it (marketplace.amazon.de) and Amazon's short links."""
+    domain = domain.strip(".").lower()
+    if domain.startswith("www."):
+        domain = domain[4:]
+    labels = domain.split(".")
+    return "amazon" in labels[:-1] or domain in _AMAZON_SHORT or domain.endswith(".amazon")
+
+
+def _word_set(words: str) -> frozenset[str]:
+    return frozenset(words.split())
+
+
+_CARRIERS = _word_set(
+    "dhl ups fedex usps dpd gls hermes hermesworld myhermes evri royalmail parcelforce "
+    "laposte colissimo chronopost correos correosexpress seur mrw nacex poste posteitaliane "
+    "brt sda tnt yamato kuronekoyamato sagawa-exp japanpost deutschepost canadapost auspost "
+    "ontrac lasership postnl bpost swisspost post dhlparcel"
+)
+
+
+def is_carrier_domain(domain: str) -> bool:
+    """A parcel carrier's site: tracking links are needed to complete the order."""
+    return any(label in _CARRIERS for label in domain.lower().split(".")[:-1])
+
+
+# --- e-mail -----------------------------------------------------------------------------
+
+_LOCAL_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789._%+-")
+_AT_RE = re.compile(r"@|[ \t]?[\[({][ \t]?(?:at|@)[ \t]?[\])}][ \t]?")
+_OBFUSCATED_DOT = r"[ \t]?[\[({][ \t]?(?:dot|punkt|point|punto)[ \t]?[\])}][ \t]?|[ \t]dot[ \t]"
+_OBFUSCATED_DOMAIN_RE = re.compile(rf"{_LABEL}(?:(?:\.|{_OBFUSCATED_DOT}){_LABEL}){{1,8}}")
+_OBFUSCATED_DOT_RE = re.compile(_OBFUSCATED_DOT)
+
+
+def find_emails(text: str) -> list[tuple[int, int]]:
+    """E-mail addresses (also `name [at] shop [dot] com`) whose domain is not Amazon's."""
+    found: list[tuple[int, int]] = []
+    last_end = 0
+    for at in _AT_RE.finditer(text):
+        if at.start() < last_end:
+            continue
+        start = at.start()
+        while start > max(last_end, at.start() - 64) and text[start - 1] in _LOCAL_CHARS:
+            start -= 1
+        while start < at.start() and text[start] in "._-":
+            start += 1
+        if start == at.start():
+            continue
+        plain = at.group() == "@"
+        domain_match = (_DOMAIN_RE if plain else _OBFUSCATED_DOMAIN_RE).match(text, at.end())
+        if domain_match is None:
+            continue
+        domain = _OBFUSCATED_DOT_RE.sub(".", domain_match.group())
+        if not _tld_ok(domain) or is_amazon_domain(domain):
+            continue
+        found.append((start, domain_match.end()))
+        last_end = domain_match.end()
+    return found
+
+
+def _tld_ok(domain: str) -> bool:
+    tld = domain.rsplit(".", 1)[-1]
+    return len(tld) >= 2 and tld.isalpha()
+
+
+# --- links ------------------------------------------------------------------------------
+
+_TLDS = _word_set(
+    "com net org info biz io co de fr es it jp uk eu at ch nl be pl se dk fi pt ie ca us au "
+    "mx br ru cn shop store online site website app dev ai tv xyz top club link page blog "
+    "tech email example cz hu gr ro sk si lu li nz ar cl store market deals reviews review"
+)
+_SCHEME_RE = re.compile(r"(?:https?|ftp)://[^\s<>\"'(){}\[\]]+|www\.[^\s<>\"'(){}\[\]]+")
+_TLD_RE = re.compile(
+    r"\.(?:" + "|".join(sorted(set(_TLDS), key=len, reverse=True)) + r")(?![a-z0-9-]|\.[a-z0-9])"
+)
+_DOMAIN_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-.")
+_PATH_RE = re.compile(r"(?:[/?#][^\s<>\"'(){}\[\]]*)?")
+_TRAILING = ".,;:!?'\"”’"
+
+
+def find_urls(norm: Normalized) -> list[tuple[int, int]]:
+    """Links and bare domains (`our-shop.com/help`) that do not point to Amazon."""
+    text = norm.text
+    if "." not in text:
+        return []
+    found: list[tuple[int, int]] = []
+    taken_until = -1
+    for match in _SCHEME_RE.finditer(text):
+        start, end = match.start(), match.end()
+        while end > start and text[end - 1] in _TRAILING:
+            end -= 1
+        host = re.sub(r"^(?:https?|ftp)://", "", text[start:end]).split("/")[0].split("?")[0]
+        host = host.split("#")[0].split(":")[0].split("@")[-1]
+        if "." not in host or is_amazon_domain(host) or is_carrier_domain(host):
+            continue
+        found.append((start, end))
+    spans = list(found)
+    for match in _TLD_RE.finditer(text):
+        tld_start, tld_end = match.start(), match.end()
+        if tld_start < taken_until or any(s <= tld_start < e for s, e in spans):
+            continue
+        start = tld_start
+        while start > 0 and text[start - 1] in _DOMAIN_CHARS:
+            start -= 1
+        while start < tld_start and text[start] in ".-":
+            start += 1
+        label = text[start:tld_start].rsplit(".", 1)[-1]
+        if len(label) < 2 or not any(c.isalpha() for c in text[start:tld_start]):
+            continue
+        if start > 0 and text[start - 1] in "@/":
+            continue  # an e-mail's domain, or part of a path
+        domain = text[start:tld_end]
+        if is_amazon_domain(domain) or is_carrier_domain(domain):
+            continue
+        if not _looks_written_as_domain(norm, start, tld_start):
+            continue
+        path = _PATH_RE.match(text, tld_end)
+        end = path.end() if path else tld_end
+        while end > tld_end and text[end - 1] in _TRAILING:
+            end -= 1
+        found.append((start, end))
+        taken_until = end
+    found.sort()
+    return found
+
+
+def _looks_written_as_domain(norm: Normalized, start: int, dot: int) -> bool:
+    """`Thanks.It works` is a missing space, not a domain: a domain is not capitalized midway."""
+    src_start, src_end = norm.source_span(start, dot + 2)
+    written = norm.source[src_start:src_end]
+    tld_first = written[-1:]
+    return not (tld_first.isupper() and not written.isupper())
+
+
+# --- phone numbers ----------------------------------------------------------------------
+
+_SEP = r" \t\-./()\u2010-\u2015\u2212\u30fc"
+_PHONE_RE = re.compile(
+    rf"(?<![0-9a-z#/.,:+\-_@])(?:\+|(?=00))?[ \t]?\(?[0-9][0-9{_SEP}]{{4,24}}[0-9](?![0-9a-z])"
+)
+_DATE_RE = re.compile(r"[0-9]{1,4}([./-])[0-9]{1,2}\1[0-9]{1,4}")
+_GROUP_RE = re.compile(r"[0-9]+")
+
+
+def is_phone_number(candidate: str) -> bool:
+    """Judges a digit run with separators: a phone number, or an order id, date, price...?"""
+    raw = candidate.strip()
+    groups = _GROUP_RE.findall(raw)
+    digits = "".join(groups)
+    count = len(digits)
+    sizes = [len(g) for g in groups]
+    if count < 7 or count > 15:
+        return False
+    if _DATE_RE.fullmatch(raw) or re.fullmatch(r"[0-9]{3}-[0-9]{7}-[0-9]{7}", raw):
+        return False
+    if re.search(r"[^0-9 \t\-./()+\u2010-\u2015\u2212\u30fc]|[.]{2,}|[-]{2,}", raw):
+        return False
+    if "/" in raw and (raw.count("/") > 1 or not digits.startswith("0")):
+        return False  # 0171/1234567 is a German number; other slashes are fractions or dates
+    if raw.startswith("+"):
+        return count >= 8 or (count >= 7 and len(groups) >= 2)
+    if raw.startswith("00"):
+        return count >= 10
+    if re.match(r"\([0-9]{2,5}\)", raw):
+        return True
+    if digits.startswith("0"):
+        return 9 <= count <= 12 and (len(groups) > 1 or count >= 10)
+    if sizes == [3, 3, 4] or (sizes == [1, 3, 3, 4] and digits.startswith("1")):
+        return True
+    if count == 9 and digits[0] in "6789" and sizes in ([3, 3, 3], [3, 2, 2, 2]):
+        return True  # Spanish numbers have no trunk prefix
+    return count == 10 and digits[0] == "3" and sizes in ([3, 7], [3, 3, 4], [3, 4, 3])
+
+
+def find_phones(text: str) -> list[tuple[int, int]]:
+    """Phone numbers in national or international form; not order ids, dates or prices."""
+    found = []
+    for match in _PHONE_RE.finditer(text):
+        raw = match.group()
+        start = match.start() + (len(raw) - len(raw.lstrip()))
+        if _CODE_BEFORE_RE.search(text, max(0, start - 24), start):
+            continue  # the tail of a code such as a tracking number "1Z 999 AA1 01 2345 6784"
+        if is_phone_number(raw):
+            found.append((start, match.end()))
+    return found
+
+
+_CODE_BEFORE_RE = re.compile(r"(?:[a-z]+[0-9]|[0-9]+[a-z])[a-z0-9]*[ \t]$")
+
+
+# --- ratings ----------------------------------------------------------------------------
+
+_RATING_RE = re.compile(
+    rf"(?<![0-9.,])(?P<n>[0-9](?:[.,][0-9])?)[ \t\-\u2010\u2011]*(?:[{LETTER}]+[ \t\-]+)?"
+    rf"(?:stars?|sterne?n?|étoiles?|etoiles?|estrellas?|stelle|stella)(?![{LETTER}])"
+    r"|(?<![0-9.,])(?P<j>[0-9](?:\.[0-9])?)\s?つ?星"
+    r"|星(?:を)?\s?(?P<k>[0-9](?:\.[0-9])?)(?![0-9])"
+)
+
+
+def find_ratings(text: str, *, minimum: float = 0) -> list[tuple[int, int]]:
+    """Star ratings, already normalized to `N stars` (or `5つ星`, `星5`) by normalize()."""
+    found = []
+    for match in _RATING_RE.finditer(text):
+        value = match.group("n") or match.group("j") or match.group("k") or "0"
+        if float(value.replace(",", ".")) >= minimum:
+            found.append(match.span())
+    return found
+
+
+_FINDERS: dict[str, Callable[[Normalized], list[tuple[int, int]]]] = {
+    "email": lambda norm: find_emails(norm.text),
+    "url": find_urls,
+    "phone": lambda norm: find_phones(norm.text),
+    "rating": lambda norm: find_ratings(norm.text),
+    "top-rating": lambda norm: find_ratings(norm.text, minimum=4),
+}
+
+
+def find(name: str, norm: Normalized) -> list[tuple[int, int]]:
+    """Spans of the built-in term list `name` (without `builtin.`) in a normalized text."""
+    return _FINDERS[name](norm)

@@ -1,0 +1,487 @@
+"""Text normalization: read a message the way a buyer (and Amazon's scanner) reads it.
+
+`normalize(text)` folds away the evasions listed in CATEGORIES.md while keeping a map back to
+the original, so a hit's excerpt shows what the seller actually wrote:
+
+- Unicode NFKC and case folding (full-width letters, math alphabets, ligatures, `ß`);
+- zero-width and other format characters (category Cf), soft hyphens, variation selectors
+  and emoji modifiers removed;
+- combining marks composed with their base letter; marks NFKC cannot compose onto a Latin
+  letter are dropped (Japanese dakuten and marks on other scripts are kept);
+- look-alike Cyrillic, Greek and Armenian letters folded to Latin, but only inside words that
+  mix scripts, so a Russian or Greek word written as such stays intact;
+- star ratings (`★★★★☆`, `⭐⭐⭐⭐⭐`, `5*`, `5/5`, `****`) rewritten as the words `N stars`,
+  and number words before a star word (`five-star`, `fünf Sterne`, `五つ星`) as digits.
+
+Whitespace is insignificant to matching (terms match words, whatever stands between them), so
+it is not rewritten; sentence and paragraph breaks are found on the normalized text. `bare`
+is the normalized text with Latin diacritics removed, character for character, for
+accent-insensitive matching. Everything here is linear in the text size: a fast path handles
+text that `str.lower()` already normalizes, the slow path only touches unusual characters.
+"""
+
+from __future__ import annotations
+
+import bisect
+import functools
+import re
+import unicodedata
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+# --- character classes shared with the engine -------------------------------------------
+
+LATIN = "a-z\u00aa\u00b5\u00ba\u00c0-\u00d6\u00d8-\u00f6\u00f8-\u024f\u1e00-\u1eff\u2c60-\u2c7f"
+FOLDABLE = "\u0370-\u03ff\u1f00-\u1fff\u0400-\u052f\u0531-\u058f"  # Greek, Cyrillic, Armenian
+MARKS = "\u0300-\u036f"
+LETTER = LATIN + FOLDABLE + MARKS
+"""Characters of space-separated words (the scripts whose words are matched whole)."""
+CJK = (
+    "\u3041-\u3096\u3099-\u309f\u30a0-\u30fa\u30fc-\u30ff\u31f0-\u31ff\u3400-\u4dbf"
+    "\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af\u3005\U00020000-\U0002fa1f"
+)
+SYMBOLS = "\u2190-\u21ff\u2300-\u23ff\u25a0-\u27bf\u2900-\u2bff\u3200-\u32ff\U0001f000-\U0001faff"
+"""Pictographs such as ☎, ✉ and 📞 (star symbols never get here: they become `N stars`)."""
+CJK += SYMBOLS
+"""Characters matched as substrings: each one counts as one word."""
+
+TOKEN_RE = re.compile(f"[{LETTER}]+|[0-9]+|[{CJK}]+")
+"""A word (letter run or digit run; `5star` is two words) or a run of CJK characters."""
+WORD_START_RE = re.compile(f"(?<![{LETTER}])[{LETTER}]|(?<![0-9])[0-9]|[{CJK}]")
+"""One match per word, and one per CJK character: counting matches counts words."""
+SENTENCE_BREAK_RE = re.compile(
+    r"[.!?\u2026]+(?=[\s\"'\u201d\u2019)\]\u00bb\u300d\u300f" + CJK + r"]|$)"
+    r"|[\u3002\uff61]"
+    r"|\n[ \t\r\f\v\u3000]*\n"
+    r"|\n[ \t\u3000]*(?:[-*\u2022\u00b7\u25aa\u2023\u25e6\u25cb\u25cf\u25a0\u25a1\u27a2\u27a4"
+    r"\u25ba\u2713\u2714\u30fb]|[0-9]{1,2}[.)])[ \t]"
+)
+"""Where a sentence ends: `.`, `!`, `?` before a space, `。`, a blank line, a bullet."""
+PARAGRAPH_BREAK_RE = re.compile(r"\n[ \t\r\f\v\u3000]*\n")
+
+# --- per-character folding ----------------------------------------------------------------
+
+_REMOVED = frozenset(
+    [*range(0xFE00, 0xFE10), 0x20E3, 0x034F, *range(0x1F3FB, 0x1F400), *range(0xE0100, 0xE01F0)]
+)
+"""Variation selectors, the keycap mark, the grapheme joiner and skin tones: invisible glue."""
+_EXTRA = {"\u2028": "\n", "\u2029": "\n", "\x0b": "\n", "\x0c": "\n", "\u0130": "i"}
+
+
+@functools.lru_cache(maxsize=8192)
+def _fold_char(char: str) -> tuple[str, bool]:
+    """What one character becomes (`''` = removed), and whether it combines with the previous."""
+    if char in _EXTRA:
+        return _EXTRA[char], False
+    code = ord(char)
+    category = unicodedata.category(char)
+    if code in _REMOVED or category == "Cf":
+        return "", False
+    if category.startswith("M"):
+        return char, True
+    folded = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", char).casefold())
+    if folded and unicodedata.combining(folded[0]):
+        return folded, True
+    return folded, False
+
+
+def _is_simple(char: str) -> bool:
+    """True when `str.lower()` gives exactly what full normalization gives, one for one."""
+    if char in _EXTRA or char == "\u03a3":  # lower() makes a final sigma out of Σ
+        return False
+    category = unicodedata.category(char)
+    if category == "Cf" or category.startswith("M") or ord(char) in _REMOVED:
+        return False
+    lowered = char.lower()
+    return (
+        len(lowered) == 1
+        and lowered == char.casefold()
+        and unicodedata.normalize("NFKC", char) == char
+        and unicodedata.normalize("NFKC", lowered) == lowered
+    )
+
+
+def _simple_class() -> str:
+    ranges: list[tuple[int, int]] = []
+    scanned = [(0x00, 0x7F), (0xA0, 0x058F), (0x1E00, 0x1FFF), (0x2000, 0x2BFF), (0x3000, 0x30FF)]
+    for low, high in scanned:
+        for code in range(low, high + 1):
+            if _is_simple(chr(code)):
+                if ranges and ranges[-1][1] == code - 1:
+                    ranges[-1] = (ranges[-1][0], code)
+                else:
+                    ranges.append((code, code))
+    ranges += [(0x3400, 0x4DBF), (0x4E00, 0x9FFF), (0xAC00, 0xD7A3), (0x1F300, 0x1FAFF)]
+    ranges += [(0x20000, 0x2A6DF)]
+
+    def esc(code: int) -> str:
+        return f"\\U{code:08x}"
+
+    return "".join(esc(a) if a == b else f"{esc(a)}-{esc(b)}" for a, b in ranges)
+
+
+_SPECIAL_RE = re.compile(f"[^{_simple_class()}]+")
+"""Runs of characters that `str.lower()` alone does not normalize."""
+
+_LATIN_BASE_RE = re.compile(f"[{LATIN}]")
+
+# --- look-alike letters ---------------------------------------------------------------
+
+_CONFUSABLES = str.maketrans(
+    {
+        # Cyrillic
+        "а": "a", "в": "b", "е": "e", "ё": "ë", "г": "r", "к": "k", "м": "m", "н": "h",
+        "о": "o", "п": "n", "р": "p", "с": "c", "т": "t", "у": "y", "х": "x", "ѕ": "s",
+        "і": "i", "ї": "ï", "ј": "j", "ԁ": "d", "ԛ": "q", "ԝ": "w", "ѵ": "v", "ь": "b",
+        "ӏ": "l", "һ": "h", "ɡ": "g", "ү": "y", "ԍ": "g", "ӧ": "ö", "ӓ": "ä", "ҽ": "e",
+        # Greek
+        "α": "a", "β": "b", "γ": "y", "ε": "e", "η": "n", "ι": "i", "κ": "k", "ν": "v",
+        "ο": "o", "ρ": "p", "τ": "t", "υ": "u", "χ": "x", "ω": "w", "ς": "s", "μ": "u",
+        "ζ": "z", "ϲ": "c", "ϳ": "j", "ί": "i", "ό": "o", "ύ": "u", "ά": "a", "έ": "e",
+        "ϊ": "ï", "ϋ": "ü",
+        # Armenian
+        "օ": "o", "ս": "u", "հ": "h", "ո": "n", "ց": "g", "ք": "p", "ա": "w", "զ": "q",
+    }
+)  # fmt: skip
+_MIXED_SEAM_RE = re.compile(f"[{LATIN}][{FOLDABLE}]|[{FOLDABLE}][{LATIN}]")
+_FOLDABLE_RE = re.compile(f"[{FOLDABLE}]")
+_WORD_END_RE = re.compile(f"[{LETTER}]*")
+
+# --- ratings ----------------------------------------------------------------------------
+
+_FILLED = "★⭐🌟✪✫✬✭✮✯✰⭑🌠"
+_EMPTY = "☆✩⭒"
+_STARS = _FILLED + _EMPTY
+_NUM = r"[0-9](?:[.,][0-9])?"
+_NUMBER_WORDS = {
+    "one": "1", "two": "2", "three": "3", "four": "4", "five": "5",
+    "ein": "1", "eine": "1", "einen": "1", "zwei": "2", "drei": "3", "vier": "4", "fünf": "5",
+    "un": "1", "une": "1", "deux": "2", "trois": "3", "quatre": "4", "cinq": "5",
+    "uno": "1", "una": "1", "dos": "2", "tres": "3", "cuatro": "4", "cinco": "5",
+    "due": "2", "tre": "3", "quattro": "4", "cinque": "5",
+    "一": "1", "二": "2", "三": "3", "四": "4", "五": "5",
+}  # fmt: skip
+_LATIN_NUMBER_WORDS = "|".join(k for k in _NUMBER_WORDS if k.isascii() or k == "fünf")
+_STAR_WORD = r"(?:star|stern|étoile|etoile|estrell|stell)"
+_RATING_RE = re.compile(
+    "|".join(
+        [
+            rf"(?:(?P<symn>{_NUM})[ \t]?)?(?P<sym>[{_STARS}](?:[ \t]?[{_STARS}])*)",
+            rf"(?<![0-9a-z*])(?P<astn>{_NUM})\*(?![*0-9a-z])",
+            rf"(?<![0-9/.,])(?P<fn>10|{_NUM})[ \t]?/[ \t]?(?P<fd>5|10)(?![0-9]|[/.,][0-9])",
+            r"(?<![*\w])(?P<ast>\*{3,5})(?![*\w])",
+            rf"(?<![{LETTER}])(?P<nw>{_LATIN_NUMBER_WORDS})"
+            rf"(?=[ \t\-\u2010\u2011\u2013]+(?:[{LETTER}]+[ \t\-]+)?{_STAR_WORD})",
+            r"(?P<jn>[一二三四五])(?=つ?星)",
+            r"(?<=星)(?P<jn2>[一二三四五])",
+        ]
+    )
+)
+_RATING_HINT_RE = re.compile(rf"[{_STARS}*/]|{_STAR_WORD}|星")
+
+# --- accents ----------------------------------------------------------------------------
+
+
+def _strip_table() -> dict[int, str]:
+    table: dict[int, str] = {}
+    for code in list(range(0xC0, 0x250)) + list(range(0x1E00, 0x1F00)):
+        char = chr(code)
+        base = "".join(
+            c for c in unicodedata.normalize("NFD", char) if not unicodedata.combining(c)
+        )
+        if len(base) == 1 and base != char and base.isascii():
+            table[code] = base
+    table.update({ord("ø"): "o", ord("ł"): "l", ord("đ"): "d", ord("ı"): "i", ord("ħ"): "h"})
+    return table
+
+
+_STRIP = _strip_table()
+_ACCENTED_RE = re.compile("[" + "".join(re.escape(chr(c)) for c in sorted(_STRIP)) + "]+")
+
+
+def strip_accents(text: str) -> str:
+    """Latin letters without their diacritics, one character for one (`für` -> `fur`)."""
+    return _ACCENTED_RE.sub(lambda m: m.group().translate(_STRIP), text)
+
+
+# --- offset maps ------------------------------------------------------------------------
+
+
+class OffsetMap:
+    """Maps positions in a rewritten string back to the string it was made from.
+
+    Segments cover the output in order; a linear segment copies its source one for one, a
+    constant segment is a replacement (every output position maps to its whole source span).
+    """
+
+    __slots__ = ("_linear", "_out", "_src", "_src_len")
+
+    def __init__(self) -> None:
+        self._out: list[int] = []
+        self._src: list[int] = []
+        self._src_len: list[int] = []
+        self._linear: list[bool] = []
+
+    def add(self, out_start: int, src_start: int, src_len: int, *, linear: bool) -> None:
+        self._out.append(out_start)
+        self._src.append(src_start)
+        self._src_len.append(src_len)
+        self._linear.append(linear)
+
+    def start(self, pos: int) -> int:
+        """Source position of the output character at `pos`."""
+        if not self._out:
+            return pos
+        k = max(bisect.bisect_right(self._out, pos) - 1, 0)
+        if self._linear[k]:
+            return self._src[k] + (pos - self._out[k])
+        return self._src[k]
+
+    def end(self, pos: int) -> int:
+        """Source position just after the output character at `pos - 1`."""
+        if not self._out:
+            return pos
+        if pos <= 0:
+            return self.start(0)
+        k = max(bisect.bisect_right(self._out, pos - 1) - 1, 0)
+        if self._linear[k]:
+            return self._src[k] + (pos - self._out[k])
+        return self._src[k] + self._src_len[k]
+
+
+class _Builder:
+    """Collects output pieces and the offset map while rewriting a string left to right."""
+
+    def __init__(self) -> None:
+        self.pieces: list[str] = []
+        self.length = 0
+        self.map = OffsetMap()
+
+    def copy(self, text: str, src_start: int) -> None:
+        if text:
+            self.map.add(self.length, src_start, len(text), linear=True)
+            self.pieces.append(text)
+            self.length += len(text)
+
+    def replace(self, text: str, src_start: int, src_len: int) -> None:
+        if text:
+            self.map.add(self.length, src_start, src_len, linear=False)
+            self.pieces.append(text)
+            self.length += len(text)
+
+    def last_char(self) -> str:
+        return self.pieces[-1][-1] if self.pieces else ""
+
+    def set_last_char(self, char: str) -> None:
+        self.pieces[-1] = self.pieces[-1][:-1] + char
+
+    def text(self) -> str:
+        return "".join(self.pieces)
+
+
+# --- the stages -------------------------------------------------------------------------
+
+
+def _fold_chars(text: str) -> tuple[str, OffsetMap | None]:
+    """NFKC + casefold + removal of invisible characters, with a map when lengths change."""
+    if text.isascii() or not _SPECIAL_RE.search(text):
+        return text.lower(), None
+    out = _Builder()
+    pos = 0
+    for match in _SPECIAL_RE.finditer(text):
+        out.copy(text[pos : match.start()].lower(), pos)
+        pos = match.end()
+        for offset, char in enumerate(match.group()):
+            src = match.start() + offset
+            folded, combining = _fold_char(char)
+            if not folded:
+                continue
+            if combining:
+                base = out.last_char()
+                if base:
+                    composed = unicodedata.normalize("NFKC", base + folded).casefold()
+                    if len(composed) == 1:
+                        out.set_last_char(composed)
+                        continue
+                    if _LATIN_BASE_RE.match(base):
+                        continue  # an uncomposable mark on a Latin letter: read it bare
+                elif unicodedata.category(char).startswith("M"):
+                    continue
+            if len(folded) == 1 and folded == char:
+                out.copy(folded, src)
+            else:
+                out.replace(folded, src, 1)
+    out.copy(text[pos:].lower(), pos)
+    return out.text(), out.map
+
+
+def _fold_lookalikes(text: str) -> str:
+    """Folds Cyrillic/Greek/Armenian look-alikes to Latin inside mixed-script words only."""
+    if not _FOLDABLE_RE.search(text):
+        return text
+    pieces: list[str] = []
+    pos = 0
+    for seam in _MIXED_SEAM_RE.finditer(text):
+        if seam.start() < pos:
+            continue  # inside a word already folded
+        start = seam.start()
+        while start > pos and _is_letter(text[start - 1]):
+            start -= 1
+        end_match = _WORD_END_RE.match(text, seam.start())
+        end = end_match.end() if end_match else seam.end()
+        pieces.append(text[pos:start])
+        pieces.append(text[start:end].translate(_CONFUSABLES))
+        pos = end
+    if not pieces:
+        return text
+    pieces.append(text[pos:])
+    return "".join(pieces)
+
+
+_LETTER_CHAR_RE = re.compile(f"[{LETTER}]")
+
+
+def _is_letter(char: str) -> bool:
+    return _LETTER_CHAR_RE.match(char) is not None
+
+
+def _stars_word(value: float) -> str:
+    number = f"{value:g}"
+    return f" {number} stars "
+
+
+def _rating_value(match: re.Match[str]) -> str | None:
+    """The replacement for a rating match (None when the match is not a rating after all)."""
+    group = match.lastgroup
+    if group == "sym":
+        run = match.group("sym")
+        filled = sum(1 for c in run if c in _FILLED)
+        empty = sum(1 for c in run if c in _EMPTY)
+        if match.group("symn"):
+            return _stars_word(float(match.group("symn").replace(",", ".")))
+        return _stars_word(filled or empty)
+    if group == "astn":
+        return _stars_word(float(match.group("astn").replace(",", ".")))
+    if group == "fd":
+        value = float(match.group("fn").replace(",", "."))
+        scale = int(match.group("fd"))
+        if value > scale:
+            return None
+        return _stars_word(value * 5 / scale)
+    if group == "ast":
+        return _stars_word(len(match.group("ast")))
+    if group in ("nw", "jn", "jn2"):
+        return _NUMBER_WORDS[match.group(group)]
+    return None
+
+
+def _rewrite_ratings(text: str) -> tuple[str, OffsetMap | None]:
+    if not _RATING_HINT_RE.search(text):
+        return text, None
+    out = _Builder()
+    pos = 0
+    for match in _RATING_RE.finditer(text):
+        replacement = _rating_value(match)
+        if replacement is None:
+            continue
+        start = match.start()
+        out.copy(text[pos:start], pos)
+        out.replace(replacement, start, match.end() - start)
+        pos = match.end()
+    if pos == 0:
+        return text, None
+    out.copy(text[pos:], pos)
+    return out.text(), out.map
+
+
+# --- the result -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Normalized:
+    """A normalized text, its accent-free twin and the way back to the original."""
+
+    source: str
+    text: str
+    bare: str
+    maps: tuple[OffsetMap, ...] = ()
+
+    def source_span(self, start: int, end: int) -> tuple[int, int]:
+        """The original text's span for the normalized span `[start, end)`."""
+        for offset_map in reversed(self.maps):
+            start, end = offset_map.start(start), offset_map.end(end)
+        if end < start:
+            end = start
+        # A match ending on a letter whose combining marks or invisible characters were
+        # folded away still owns them in the original.
+        while end < len(self.source) and _is_glue(self.source[end]):
+            end += 1
+        return start, end
+
+    def excerpt(self, start: int, end: int, *, width: int = 100) -> str:
+        """About `width` characters of the original around a normalized span, on one line."""
+        src_start, src_end = self.source_span(start, end)
+        return excerpt(self.source, src_start, src_end, width=width)
+
+
+def _is_glue(char: str) -> bool:
+    category = unicodedata.category(char)
+    return category == "Cf" or category.startswith("M") or ord(char) in _REMOVED
+
+
+_SPACE_RUN_RE = re.compile(r"\s+")
+
+
+def excerpt(source: str, start: int, end: int, *, width: int = 100) -> str:
+    """The slice `[start, end)` of `source` with context, whitespace collapsed to one line.
+
+    The match itself is always shown (cut after `width` characters when longer); the context
+    on each side is trimmed to whole words and marked with `…` where text was left out.
+    """
+    if end - start >= width:
+        end = start + width
+        cut_start, cut_end = start, end
+    else:
+        room = (width - (end - start)) // 2
+        cut_start = max(0, start - room)
+        cut_end = min(len(source), end + room)
+        if cut_start > 0:
+            space = source.find(" ", cut_start, start)
+            if space != -1:
+                cut_start = space + 1
+        if cut_end < len(source):
+            space = source.rfind(" ", end, cut_end)
+            if space != -1:
+                cut_end = space
+    text = _SPACE_RUN_RE.sub(" ", source[cut_start:cut_end]).strip()
+    if cut_start > 0:
+        text = "…" + text
+    if cut_end < len(source):
+        text += "…"
+    return text
+
+
+def normalize(text: str) -> Normalized:
+    """Normalizes `text` for matching; linear in its length."""
+    folded, char_map = _fold_chars(text)
+    folded = _fold_lookalikes(folded)
+    rated, rating_map = _rewrite_ratings(folded)
+    maps = tuple(m for m in (char_map, rating_map) if m is not None)
+    bare = rated if rated.isascii() else strip_accents(rated)
+    return Normalized(source=text, text=rated, bare=bare, maps=maps)
+
+
+def tokens(text: str) -> Iterator[re.Match[str]]:
+    """Words of an already normalized text (CJK runs come as one token each)."""
+    return TOKEN_RE.finditer(text)
+
+
+def words(text: str) -> list[str]:
+    """The words of `text` after normalization, for tests and term compilation."""
+    return [m.group() for m in TOKEN_RE.finditer(normalize(text).text)]
+
+
+def sentences(text: str) -> list[str]:
+    """The sentences of an already normalized text, stripped; for tests and debugging."""
+    parts = SENTENCE_BREAK_RE.split(text)
+    return [p.strip() for p in parts if p.strip()]

@@ -1,0 +1,570 @@
+"""The rule engine: pack validation, term features, scopes, windows, builtins, excerpts."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import pytest
+
+from relay.builtins import find_emails, find_phones, find_urls, is_phone_number
+from relay.engine import RuleSet, bundled_rules_path, load_rules, parse_term
+from relay.errors import RuleError
+from relay.model import Category, Part, ScanInput, Severity
+from relay.normalize import normalize
+
+RULE_HEAD = """
+  - id: {id}
+    category: positive-review-request
+    severity: high
+    description: Test rule.
+    hint: Ask for an honest review.
+"""
+EXAMPLES = """
+    examples:
+      match: ["{match}"]
+      no_match: ["nothing to see"]
+"""
+
+
+def pack(tmp_path: Path, body: str, name: str = "pack.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(body).lstrip("\n"))
+    return path
+
+
+def rule_pack(tmp_path: Path, rule: str, *, terms: str = "", match: str = "x") -> RuleSet:
+    """One rule (its conditions written as YAML lines) with examples that always pass."""
+    text = "language: en\n"
+    if terms:
+        text += "terms:\n" + textwrap.indent(textwrap.dedent(terms).strip("\n"), "  ") + "\n"
+    text += "rules:" + RULE_HEAD.format(id="t.rule")
+    text += textwrap.indent(textwrap.dedent(rule).strip("\n"), "    ") + "\n"
+    text += EXAMPLES.format(match=match)
+    path = tmp_path / "rule.yaml"
+    path.write_text(text)
+    return load_rules([path])
+
+
+def hits(ruleset: RuleSet, text: str, *, subject: str = "") -> list[str]:
+    parts = [Part("subject", subject)] if subject else []
+    parts.append(Part("text", text))
+    verdict = ruleset.evaluate(ScanInput(subject=subject, parts=tuple(parts)))
+    return [hit.excerpt for hit in verdict.hits]
+
+
+def matches(ruleset: RuleSet, text: str) -> bool:
+    return bool(hits(ruleset, text))
+
+
+# --- validation -------------------------------------------------------------------------
+
+VALID = """
+language: en
+terms:
+  en.review: [review*, rating]
+rules:
+  - id: en.positive.one
+    category: positive-review-request
+    severity: high
+    description: Asks for a positive review.
+    hint: Ask for an honest review.
+    all: ["positive", "@en.review"]
+    examples:
+      match: ["a positive review please"]
+      no_match: ["a review please"]
+"""
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "line", "rule", "message"),
+    [
+        ("    severity: high", "    severity: huge", 7, "en.positive.one", "unknown severity"),
+        ("positive-review-request", "five-stars", 6, "en.positive.one", "unknown category"),
+        ('"@en.review"', '"@en.reviews"', 10, "en.positive.one", "undefined term list"),
+        ("    hint: Ask", "    hints: Ask", 9, "en.positive.one", "unknown key 'hints'"),
+        ("      no_match", "      nomatch", 13, "en.positive.one", "unknown key 'nomatch'"),
+        ('      no_match: ["a review please"]\n', "", 12, "en.positive.one", "need 'no_match'"),
+        ("[review*, rating]", "[]", 3, None, "must not be empty"),
+        ("[review*, rating]", "[review**]", 3, None, "malformed term"),
+        ("[review*, rating]", "[r*]", 3, None, "at least 2 characters"),
+        ("[review*, rating]", "[leave ~9 review]", 3, None, "at most ~5"),
+        ("[review*, rating]", "[~2 review]", 3, None, "between two words"),
+        ("[review*, rating]", "[review ~2]", 3, None, "ends with a gap"),
+        ("[review*, rating]", "['!!']", 3, None, "no letters or digits"),
+        ('all: ["positive", "@en.review"]', 'all: ["positive"]\n    within: 0', 11, None,
+         "out of range"),
+        ('all: ["positive", "@en.review"]', "none: [x]", 5, "en.positive.one",
+         "needs 'all' or 'any'"),
+        ("    hint: Ask for an honest review.\n", "", 5, "en.positive.one", "missing 'hint'"),
+        ("language: en", "language: en\nlanguage: de", 2, None, "duplicate key"),
+        ("language: en", "languages: en", 1, None, "unknown key 'languages'"),
+        ("  - id: en.positive.one", "  - id: en positive", 5, "en positive", "must be letters"),
+        ('all: ["positive"', 'all: ["@builtin.fax"', 10, "en.positive.one", "unknown built-in"),
+        ("    all:", "    scope: chapter\n    all:", 10, "en.positive.one", "unknown scope"),
+        ('      match: ["a positive review please"]', "      match: [{title: x}]", 12, None,
+         "unknown key 'title'"),
+        ("severity: high", "severity: [high]", 7, "en.positive.one", "must be a string"),
+        ("rules:", "rules: {}\nx:", 5, None, "unknown key 'x'"),
+    ],
+)  # fmt: skip
+def test_validation_names_file_line_and_rule(
+    tmp_path: Path, old: str, new: str, line: int, rule: str | None, message: str
+) -> None:
+    assert old in VALID
+    path = pack(tmp_path, VALID.replace(old, new, 1))
+    with pytest.raises(RuleError) as caught:
+        load_rules([path])
+    error = caught.value
+    assert message in error.message
+    assert error.file == str(path)
+    assert error.line == line, str(error)
+    if rule is not None:
+        assert error.rule_id == rule
+        assert f"rule {rule}" in str(error)
+    assert str(error).startswith(f"{path}:{line}: ")
+
+
+def test_duplicates_across_files_name_both_places(tmp_path: Path) -> None:
+    folder = tmp_path / "packs"
+    folder.mkdir()
+    pack(folder, VALID, "a.yaml")
+    pack(folder, VALID.replace("en.review:", "en.other:"), "b.yaml")
+    with pytest.raises(
+        RuleError, match=r"b\.yaml:5: rule en\.positive\.one: duplicate rule id.*a\.yaml:5"
+    ):
+        load_rules([folder])
+    pack(folder, VALID.replace("en.positive.one", "en.positive.two"), "b.yaml")
+    with pytest.raises(RuleError, match=r"b\.yaml:3: duplicate term list 'en\.review'.*a\.yaml:3"):
+        load_rules([folder])
+
+
+def test_yaml_syntax_error_and_missing_path(tmp_path: Path) -> None:
+    with pytest.raises(RuleError, match=r"bad\.yaml:3: not valid YAML"):
+        load_rules([pack(tmp_path, "rules:\n  - id: [unclosed\n", "bad.yaml")])
+    with pytest.raises(RuleError, match="no such rule pack"):
+        load_rules([tmp_path / "nope"])
+    with pytest.raises(RuleError, match="empty rule pack"):
+        load_rules([pack(tmp_path, "", "empty.yaml")])
+
+
+def test_term_lists_may_include_other_lists_but_not_cycles(tmp_path: Path) -> None:
+    body = VALID.replace(
+        "en.review: [review*, rating]", "en.review: [review*, '@en.more']\n  en.more: [rating]"
+    )
+    ruleset = load_rules([pack(tmp_path, body)])
+    assert matches(ruleset, "a positive rating")
+    body = body.replace("en.more: [rating]", "en.more: [rating, '@en.review']")
+    with pytest.raises(RuleError, match="include each other"):
+        load_rules([pack(tmp_path, body)])
+
+
+def test_version_is_name_and_content_hash(tmp_path: Path) -> None:
+    folder = tmp_path / "mypacks"
+    folder.mkdir()
+    pack(folder, VALID, "a.yaml")
+    first = load_rules([folder])
+    assert first.version.startswith("mypacks@") and len(first.version.split("@")[1]) == 12
+    assert load_rules([folder]).version == first.version
+    assert load_rules([folder], name="custom").version.startswith("custom@")
+    pack(folder, VALID.replace("rating", "ratings"), "a.yaml")
+    assert load_rules([folder]).version != first.version
+    assert load_rules([folder / "a.yaml"]).version.startswith("a@")
+
+
+def test_folders_load_every_yaml_below_in_sorted_order(tmp_path: Path) -> None:
+    folder = tmp_path / "rules"
+    (folder / "z").mkdir(parents=True)
+    pack(folder / "z", VALID, "late.yaml")
+    pack(
+        folder,
+        VALID.replace("en.positive.one", "a.first").replace("en.review", "x.review"),
+        "b.yaml",
+    )
+    (folder / "README.md").write_text("not a pack")
+    ruleset = load_rules([folder])
+    assert [rule.id for rule in ruleset.rules] == ["a.first", "en.positive.one"]
+
+
+def test_bundled_rules_path_points_at_the_repo_rules() -> None:
+    path = bundled_rules_path()
+    assert (path / "README.md").is_file()
+    assert any(path.rglob("*.yaml"))
+
+
+# --- terms ---------------------------------------------------------------------------
+
+
+def test_parse_term_normalizes_like_text() -> None:
+    term = parse_term("Five Star*")
+    assert [(w.text, w.prefix) for w in term.words] == [("5", False), ("star", True)]
+    term = parse_term("leave ~2 e-mail ~1 rеview")
+    assert [w.text for w in term.words] == ["leave", "e", "mail", "review"]
+    assert term.gaps == (2, 0, 1)
+    assert [w.cjk for w in parse_term("レビュー 5つ星").words] == [True, False, True]
+
+
+@pytest.mark.parametrize(
+    ("term", "text", "expected"),
+    [
+        ("review*", "Reviews help", True),
+        ("review*", "preview", False),
+        ("review", "reviews", False),
+        ("review", "REVIEW!", True),
+        ("five star*", "a five-star rating", True),
+        ("5 star*", "a five-star rating", True),
+        ("5 star*", "⭐⭐⭐⭐⭐ please", True),
+        ("5 star*", "5/5 please", True),
+        ("5 star*", "5* please", True),
+        ("5 star*", "5star please", True),
+        ("5 star*", "5. Stars are nice", False),  # a phrase stays inside one sentence
+        ("leave ~2 review", "leave us a review", True),
+        ("leave ~2 review", "leave us a nice review", False),
+        ("leave ~2 review", "leave review", True),
+        ("leave us", "leave, us", True),
+        ("fur", "für uns", True),  # an accent-less term matches accented text
+        ("für", "fur", False),  # but not the reverse
+        ("évaluation", "Évaluation", True),
+        ("evaluation*", "évaluations", True),
+        ("レビュー", "ぜひレビューを", True),
+        ("レビュー ~3 お願い", "レビューをぜひお願い", True),
+        ("レビュー ~1 お願い", "レビューをぜひお願い", False),
+        ("amazonの", "Amazonのレビュー", True),
+        ("☎", "☎ 0800", True),
+        ("e-mail", "email", False),
+        ("e-mail", "E-Mail", True),
+        ("don't", "dont", False),
+        ("don't", "don’t", True),
+        ("20%", "20 % off", True),
+    ],
+)
+def test_term_features(tmp_path: Path, term: str, text: str, expected: bool) -> None:
+    ruleset = rule_pack(tmp_path, f"all: [{term!r}]", match=text if expected else "x")
+    assert matches(ruleset, text) is expected
+
+
+# --- scopes and windows -------------------------------------------------------------------
+
+
+def test_sentence_scope(tmp_path: Path) -> None:
+    ruleset = rule_pack(tmp_path, 'all: ["positive", "review"]')
+    assert matches(ruleset, "A positive review helps.")
+    assert not matches(ruleset, "Positive news! Your review is online.")
+    assert not matches(ruleset, "Positive news\n\nreview")
+    assert not matches(ruleset, "positive news\n- review")
+    assert matches(ruleset, "positive news\nreview")  # one line break is no sentence end
+    assert matches(ruleset, "Visit positive.example and review")  # a dot inside a name
+
+
+def test_paragraph_and_message_scope(tmp_path: Path) -> None:
+    para = rule_pack(tmp_path, 'scope: paragraph\nall: ["positive", "review"]')
+    assert matches(para, "Positive news! Your review is online.")
+    assert not matches(para, "Positive news!\n\nYour review is online.")
+    message = rule_pack(tmp_path, 'scope: message\nall: ["positive", "review"]')
+    assert matches(message, "Positive news!\n\nYour review is online.")
+    assert not matches(message, "Positive news!") and not hits(message, "", subject="review")
+
+
+def test_parts_are_separate(tmp_path: Path) -> None:
+    ruleset = rule_pack(tmp_path, 'scope: message\nall: ["positive", "review"]')
+    assert not hits(ruleset, "a review", subject="positive")
+    assert hits(ruleset, "hello", subject="a positive review")
+
+
+def test_within(tmp_path: Path) -> None:
+    ruleset = rule_pack(tmp_path, 'all: ["positive", "review"]\nany: ["leave", "give"]\nwithin: 3')
+    assert matches(ruleset, "please leave a positive review")
+    assert matches(ruleset, "a positive review, leave it")
+    assert not matches(ruleset, "please leave us a very positive review")
+    assert not matches(ruleset, "leave a review, be positive about it")
+    assert matches(ruleset, "leave a review, positive one, give a positive review")
+
+
+def test_within_counts_cjk_characters_as_words(tmp_path: Path) -> None:
+    ruleset = rule_pack(tmp_path, 'all: ["高評価", "お願い"]\nwithin: 6')
+    assert matches(ruleset, "高評価をお願いします")
+    assert not matches(ruleset, "高評価についてのご案内とお願い")
+
+
+def test_ordered_follows_the_written_order(tmp_path: Path) -> None:
+    ruleset = rule_pack(tmp_path, 'all: ["leave", "review"]\nordered: true')
+    assert matches(ruleset, "leave a review")
+    assert not matches(ruleset, "review and leave")
+    assert matches(ruleset, "review and leave a review")
+    any_first = rule_pack(tmp_path, 'any: ["please"]\nall: ["review"]\nordered: true')
+    assert matches(any_first, "please review")
+    assert not matches(any_first, "review please")
+    any_last = rule_pack(tmp_path, 'all: ["review"]\nany: ["please"]\nordered: true')
+    assert matches(any_last, "review please")
+    assert not matches(any_last, "please review")
+    windowed = rule_pack(tmp_path, 'all: ["leave", "review"]\nordered: true\nwithin: 2')
+    assert matches(windowed, "leave it. leave a review")
+    assert not matches(windowed, "leave a nice review")
+
+
+def test_none(tmp_path: Path) -> None:
+    ruleset = rule_pack(tmp_path, 'all: ["review"]\nnone: ["honest", "@builtin.url"]')
+    assert matches(ruleset, "Please review us.")
+    assert matches(ruleset, "Please review us honestly.")  # "honest" is a whole word
+    assert not matches(ruleset, "Please leave an honest review.")
+    assert matches(ruleset, "Be honest. Then review us.")  # none is per sentence
+    assert not matches(ruleset, "Review us at our-shop.com")
+    message = rule_pack(tmp_path, 'scope: message\nall: ["review"]\nnone: ["honest"]')
+    assert not matches(message, "Be honest. Then review us.")
+
+
+def test_requires(tmp_path: Path) -> None:
+    ruleset = rule_pack(
+        tmp_path,
+        """
+        all: ["happy", "review"]
+        requires:
+          - scope: message
+            all: ["not", "contact us"]
+        """,
+    )
+    gating = "Happy with it, leave a review!\n\nNot happy? Contact us first."
+    assert hits(ruleset, gating) == ["Happy with it, leave a review! Not happy? Contact us first."]
+    assert not matches(ruleset, "Happy with it, leave a review!")
+    assert not matches(ruleset, "Happy with it? Leave a review!\n\nNot happy? Contact us first.")
+    assert not matches(ruleset, "Not happy? Contact us.")
+
+
+def test_one_hit_per_rule_and_part_with_description_and_hint(tmp_path: Path) -> None:
+    ruleset = rule_pack(tmp_path, 'all: ["review"]')
+    verdict = ruleset.evaluate(
+        ScanInput(
+            subject="review",
+            parts=(Part("subject", "review"), Part("text", "review. review. review.")),
+        )
+    )
+    assert [(h.part, h.excerpt) for h in verdict.hits] == [
+        ("subject", "review"),
+        ("text", "review. review. review."),
+    ]
+    hit = verdict.hits[0]
+    assert hit.category is Category.POSITIVE_REVIEW_REQUEST and hit.severity is Severity.HIGH
+    assert hit.description == "Test rule." and hit.hint == "Ask for an honest review."
+    assert verdict.rules_version == ruleset.version and verdict.label == "violation"
+
+
+def test_subject_without_a_subject_part_is_scanned(tmp_path: Path) -> None:
+    ruleset = rule_pack(tmp_path, 'all: ["review"]')
+    verdict = ruleset.evaluate(ScanInput(subject="Review us", parts=(Part("text", "hi"),)))
+    assert [h.part for h in verdict.hits] == ["subject"]
+
+
+# --- evasions and excerpts --------------------------------------------------------------
+
+
+def test_excerpt_shows_the_sellers_original_text(tmp_path: Path) -> None:
+    ruleset = rule_pack(tmp_path, 'all: ["@positive", "review"]', terms="positive: [5 star*]")
+    text = "Hello Sam,\n\nthanks!  Please leave a ⭐️⭐️⭐️⭐️⭐️ rе\u200bvi\u00adеw\ttoday. Bye"
+    assert hits(ruleset, text) == [
+        "Hello Sam, thanks! Please leave a ⭐️⭐️⭐️⭐️⭐️ rе\u200bvi\u00adеw today. Bye"
+    ]
+
+
+def test_excerpt_of_a_long_message_is_short(tmp_path: Path) -> None:
+    ruleset = rule_pack(tmp_path, 'all: ["positive review"]')
+    text = (
+        "Filler words here. " * 50 + "Please leave a ｐｏｓｉｔｉｖｅ review now. " + "More. " * 50
+    )
+    (excerpt,) = hits(ruleset, text)
+    assert "ｐｏｓｉｔｉｖｅ review" in excerpt
+    assert 60 <= len(excerpt) <= 122 and "\n" not in excerpt
+
+
+# --- builtins ---------------------------------------------------------------------------
+
+PHONES = [
+    "+49 30 1234567",
+    "+1 555 0100",
+    "+44 20 7946 0958",
+    "0049 30 1234567",
+    "(555) 010-0100",
+    "555-010-0100",
+    "1-800-555-0100",
+    "0800 123 456",
+    "030 1234567",
+    "0171/1234567",
+    "03-1234-5678",
+    "090-1234-5678",
+    "0120-123-456",
+    "01 23 45 67 89",
+    "912 345 678",
+    "347 123 4567",
+    "02 1234 5678",
+    "07700 900123",
+]
+NOT_PHONES = [
+    "114-1234567-1234567",  # Amazon order id
+    "D01-1234567-1234567",
+    "2026-11-27",
+    "27.11.2026",
+    "11/27/2026",
+    "1.299,00",
+    "EUR 1299.00",
+    "9400 1000 0000 0000 0000 00",  # tracking number
+    "1Z 999 AA1 01 2345 6784",
+    "4006381333931",  # EAN
+    "978-3-16-148410-0",  # ISBN
+    "XR-2000-300",
+    "10115 Berlin",
+    "2019-2024",
+    "#0123456789",
+    "DE89 3704 0044 0532 0130 00",
+    "〒100-0001",
+    "1234 5678 9012",
+    "v2.3.4.5678",
+    "12:30-14:00",
+]
+
+
+@pytest.mark.parametrize("number", PHONES)
+def test_phone_numbers(number: str) -> None:
+    text = normalize(f"Call {number} now").text
+    found = find_phones(text)
+    assert [text[s:e] for s, e in found] == [number.lower()]
+
+
+@pytest.mark.parametrize("text", NOT_PHONES)
+def test_not_phone_numbers(text: str) -> None:
+    assert find_phones(normalize(f"Ref {text} ok").text) == []
+    assert not is_phone_number(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Mail support@our-shop.example today", "support@our-shop.example"),
+        ("Mail Jane.Doe+x@Mail.Shop.de.", "jane.doe+x@mail.shop.de"),
+        ("info [at] shop [dot] com", "info [at] shop [dot] com"),
+        ("info(at)shop.de", "info(at)shop.de"),
+        ("x@marketplace.amazon.de", None),
+        ("x@amazon.co.jp", None),
+        ("user@localhost", None),
+        ("price @ 5 EUR", None),
+        ("@ourshop on Instagram", None),
+    ],
+)
+def test_emails(text: str, expected: str | None) -> None:
+    norm = normalize(text).text
+    found = [norm[s:e] for s, e in find_emails(norm)]
+    assert found == ([expected] if expected else [])
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Go to https://our-shop.example/help?x=1.", "https://our-shop.example/help?x=1"),
+        ("see www.tidyhome.example for tips", "www.tidyhome.example"),
+        ("visit our-shop.com/reviews, thanks", "our-shop.com/reviews"),
+        ("trustpilot.com", "trustpilot.com"),
+        ("shop.co.uk", "shop.co.uk"),
+        ("https://www.amazon.de/review/create-review?asin=B0", None),
+        ("amazon.com", None),
+        ("sellercentral.amazon.co.uk", None),
+        ("https://amzn.to/3abc", None),
+        ("https://www.dhl.de/track?id=1", None),
+        ("e.g. the No.5", None),
+        ("i.e. this", None),
+        ("Thanks.It works", None),
+        ("version 2.0 and manual.pdf", None),
+        ("mail me at a@b-shop.de", None),  # an e-mail address, not a link
+        ("price 12.99 de", None),
+    ],
+)
+def test_urls(text: str, expected: str | None) -> None:
+    norm = normalize(text)
+    found = [norm.text[s:e] for s, e in find_urls(norm)]
+    assert found == ([expected.lower()] if expected else [])
+
+
+@pytest.mark.parametrize(
+    ("text", "rating", "top"),
+    [
+        ("★★★★★", True, True),
+        ("★★★☆☆", True, False),
+        ("⭐⭐⭐⭐", True, True),
+        ("5*", True, True),
+        ("4,5/5", True, True),
+        ("3/5", True, False),
+        ("five-star", True, True),
+        ("five gold stars", True, True),
+        ("one star", True, False),
+        ("5 Sterne", True, True),
+        ("fünf Sterne", True, True),
+        ("cinq étoiles", True, True),
+        ("5 estrellas", True, True),
+        ("cinque stelle", True, True),
+        ("5つ星", True, True),
+        ("星5つ", True, True),
+        ("星を5つ", True, True),
+        ("FiveStar blender", False, False),
+        ("the stars of our range", False, False),
+        ("24/7", False, False),
+        ("100 stars", False, False),
+    ],
+)
+def test_ratings(tmp_path: Path, text: str, rating: bool, top: bool) -> None:
+    any_rating = rule_pack(tmp_path, 'all: ["@builtin.rating"]')
+    assert matches(any_rating, f"please {text} today") is rating
+    top_rating = rule_pack(tmp_path, 'all: ["@builtin.top-rating"]')
+    assert matches(top_rating, f"please {text} today") is top
+
+
+# --- linear time --------------------------------------------------------------------------
+
+
+def count_calls(func: Callable[[], Any]) -> int:
+    """Python-level function calls made while running `func` (deterministic, not timed)."""
+    calls = 0
+
+    def profiler(frame: FrameType, event: str, arg: Any) -> None:
+        nonlocal calls
+        if event in ("call", "c_call"):
+            calls += 1
+
+    sys.setprofile(profiler)
+    try:
+        func()
+    finally:
+        sys.setprofile(None)
+    return calls
+
+
+def adversarial(size: int) -> Iterator[str]:
+    yield "leave review positive " * size
+    yield "review " * size + "positive"
+    yield "a" * (size * 10) + " review"
+    yield "5 " * size + "0" * size
+    yield "@a." * size
+    yield "x.com " * size
+    yield "★" * size + "*" * size
+    yield "レビュー" * size
+    yield "rеvіеw " * size
+
+
+def test_work_grows_linearly_with_message_size(tmp_path: Path) -> None:
+    ruleset = rule_pack(
+        tmp_path,
+        """
+        scope: message
+        all: ["leave ~5 review", "positive", "@builtin.phone"]
+        any: ["@builtin.email", "@builtin.url", "@builtin.rating", "レビュー"]
+        none: ["honest"]
+        within: 40
+        ordered: true
+        """,
+    )
+    for small, large in zip(adversarial(200), adversarial(800), strict=True):
+        scan_small = ScanInput(subject="", parts=(Part("text", small),))
+        scan_large = ScanInput(subject="", parts=(Part("text", large),))
+        small_calls = count_calls(lambda s=scan_small: ruleset.evaluate(s))  # type: ignore[misc]
+        large_calls = count_calls(lambda s=scan_large: ruleset.evaluate(s))  # type: ignore[misc]
+        assert large_calls <= 5 * small_calls + 500, (small[:20], small_calls, large_calls)

@@ -1,0 +1,173 @@
+"""Normalization: evasions folded away, real text left alone, and the way back to the original."""
+
+from __future__ import annotations
+
+import pytest
+
+from relay.normalize import excerpt, normalize, sentences, strip_accents, words
+
+
+@pytest.mark.parametrize(
+    ("written", "read"),
+    [
+        ("Please REVIEW", "please review"),
+        ("ｒｅｖｉｅｗ", "review"),  # full-width
+        ("𝐫𝐞𝐯𝐢𝐞𝐰", "review"),  # mathematical bold
+        ("re\u200bvi\u200cew", "review"),  # zero-width space and non-joiner
+        ("re\u00advi\u2060ew", "review"),  # soft hyphen, word joiner
+        ("r\ufeffeview", "review"),  # byte order mark
+        ("Straße", "strasse"),
+        ("ﬁve", "five"),  # ligature
+        ("Cafe\u0301", "café"),  # combining accent composed
+        ("q\u0303uick", "quick"),  # uncomposable mark on a Latin letter dropped
+        ("ｶﾞｲﾄﾞ", "ガイド"),  # half-width katakana with dakuten
+        ("か\u3099", "が"),  # combining dakuten composed, never stripped
+    ],
+)
+def test_folds(written: str, read: str) -> None:
+    assert normalize(written).text == read
+
+
+@pytest.mark.parametrize(
+    ("written", "read"),
+    [
+        ("rеviеw", "review"),  # Cyrillic е inside a Latin word
+        ("ехсеllеnt", "excellent"),  # mostly Cyrillic letters, but Latin ones too
+        ("rενiew", "review"),  # Greek
+        ("Россия", "россия"),  # a Russian word stays Russian
+        ("ελληνικά", "ελληνικά"),  # Greek stays Greek
+        ("レビュー", "レビュー"),
+        ("Москва rеviеw", "москва review"),
+    ],
+)
+def test_lookalikes_fold_only_in_mixed_words(written: str, read: str) -> None:
+    assert normalize(written).text == read
+
+
+@pytest.mark.parametrize(
+    ("written", "read"),
+    [
+        ("★★★★★", "5 stars"),
+        ("★★★★☆", "4 stars"),
+        ("☆☆☆☆☆", "5 stars"),
+        ("⭐⭐⭐⭐⭐", "5 stars"),
+        ("⭐️⭐️⭐️", "3 stars"),  # with variation selectors
+        ("🌟🌟🌟🌟", "4 stars"),
+        ("★ ★ ★ ★ ★", "5 stars"),
+        ("5*", "5 stars"),
+        ("4,5*", "4.5 stars"),
+        ("5/5", "5 stars"),
+        ("10/10", "5 stars"),
+        ("*****", "5 stars"),
+        ("5★", "5 stars"),
+    ],
+)
+def test_ratings_become_words(written: str, read: str) -> None:
+    assert normalize(f"give us {written} please").text.split() == [
+        "give",
+        "us",
+        *read.split(),
+        "please",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("written", "read"),
+    [
+        ("a five-star review", "a 5-star review"),
+        ("Five Stars", "5 stars"),
+        ("five gold stars", "5 gold stars"),
+        ("fünf Sterne", "5 sterne"),
+        ("cinq étoiles", "5 étoiles"),
+        ("cinco estrellas", "5 estrellas"),
+        ("cinque stelle", "5 stelle"),
+        ("五つ星", "5つ星"),
+        ("星五つ", "星5つ"),
+    ],
+)
+def test_number_words_before_star_words_become_digits(written: str, read: str) -> None:
+    assert normalize(written).text == read
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Our FiveStar blender",  # a product name
+        "delivered on 5/5/2026",  # a date
+        "see footnote *",
+        "5 * 3 = 15",
+        "one of the stars",
+        "24/7 support",
+    ],
+)
+def test_not_ratings(text: str) -> None:
+    assert "stars" not in normalize(text).text.replace("the stars", "")
+
+
+def test_bare_strips_latin_accents_only() -> None:
+    norm = normalize("Für Évaluation, ガイド, Ελλάδα")
+    assert norm.bare == "fur evaluation, ガイド, ελλάδα"
+    assert len(norm.bare) == len(norm.text)
+    assert strip_accents("niño garçon") == "nino garcon"
+
+
+def test_words_split_digits_from_letters_and_keep_cjk_runs() -> None:
+    assert words("Give 5star, e-mail us! レビューを書いて") == [
+        "give", "5", "star", "e", "mail", "us", "レビューを書いて",
+    ]  # fmt: skip
+
+
+def test_sentences_and_paragraphs() -> None:
+    text = normalize(
+        "Hi Sam!\n\nThanks for your order. Visit our-shop.com today?\nYes\n- a bullet\n"
+        "ありがとうございます。レビューをお願いします"
+    ).text
+    assert sentences(text) == [
+        "hi sam",
+        "thanks for your order",
+        "visit our-shop.com today",
+        "yes",
+        "a bullet\nありがとうございます",  # a single line break does not end a sentence
+        "レビューをお願いします",
+    ]
+
+
+def test_excerpt_maps_back_to_the_original_after_removals_and_folding() -> None:
+    original = "Hello!\n\nPlеase  leave us a ★★★★★ re\u200bvi\u00adew,\tthanks a lot."
+    norm = normalize(original)
+    start = norm.text.index("5 stars")
+    end = norm.text.index("review") + len("review")
+    assert original[slice(*norm.source_span(start, end))] == "★★★★★ re\u200bvi\u00adew"
+    shown = norm.excerpt(start, end)
+    assert "\n" not in shown and "\t" not in shown
+    assert "Plеase leave us a ★★★★★ re\u200bvi\u00adew, thanks a lot." in shown
+
+
+def test_excerpt_after_nfkc_expansion_and_composition() -> None:
+    original = "ﬁve ﬁve Cafe\u0301 reviews"
+    norm = normalize(original)
+    assert norm.text == "five five café reviews"
+    start = norm.text.index("café")
+    assert original[slice(*norm.source_span(start, start + 4))] == "Cafe\u0301"
+    start = norm.text.index("five", 1)
+    assert original[slice(*norm.source_span(start, start + 4))] == "ﬁve"
+
+
+def test_excerpt_is_bounded_and_on_one_line() -> None:
+    source = ("word " * 100) + "MATCH" + (" more" * 100)
+    start = source.index("MATCH")
+    shown = excerpt(source, start, start + 5)
+    assert "MATCH" in shown
+    assert 60 <= len(shown) <= 120
+    assert shown.startswith("…") and shown.endswith("…")
+    long = excerpt("x" * 500, 0, 500)
+    assert len(long) <= 121
+
+
+def test_long_text_is_normalized_in_one_pass() -> None:
+    text = ("Plеase lеave a ★★★★★ re\u200bview für uns. " * 2000) + "ｅｎｄ"
+    norm = normalize(text)
+    assert norm.text.count("please leave a  5 stars  review für uns.") == 2000
+    assert norm.text.endswith("end")
+    last = norm.text.rindex("review")
+    assert text[slice(*norm.source_span(last, last + 6))] == "re\u200bview"
