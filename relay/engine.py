@@ -186,6 +186,7 @@ class _Part:
         self._placed = False
         self._term_occs: dict[int, list[_Occ]] = {}
         self._item_occs: dict[int, list[_Occ]] = {}
+        self._possible: set[int] | None = None
         self._by_word: dict[tuple[int, int], _Occ] = {}
 
     # Word indices, sentences and paragraphs are computed once, for the positions that
@@ -260,26 +261,69 @@ class _Part:
         return self._by_word.get((pattern_id, word))
 
     def item_occs(self, item: Item) -> list[_Occ]:
-        key = id(item)
-        found = self._item_occs.get(key)
+        plan = self.ruleset.item_plans[id(item)]
+        found = self._item_occs.get(plan.index)
         if found is None:
             found = []
-            for term in item.terms:
-                found.extend(self.term_occs(self.ruleset.term_ids[term]))
-            for name in item.builtins:
+            for term_id in plan.term_ids:
+                found.extend(self.term_occs(term_id))
+            for name in plan.builtins:
                 found.extend(self.builtin_occs.get(name, ()))
-            if len(item.terms) + len(item.builtins) > 1:
-                found.sort(key=lambda o: o.start)
-            self._item_occs[key] = found
+            if len(plan.term_ids) + len(plan.builtins) > 1:
+                found.sort(key=_start)
+            self._item_occs[plan.index] = found
         return found
 
     def item_possible(self, item: Item) -> bool:
         """Cheap check before any positions are computed: could the item match at all?"""
-        ruleset = self.ruleset
-        for term in item.terms:
-            if all(pid in self.atoms for pid, _ in ruleset.compiled_terms[ruleset.term_ids[term]]):
-                return True
-        return any(self.builtin_occs.get(name) for name in item.builtins)
+        if self._possible is None:
+            self._possible = self.ruleset.index.possible_items(self)
+        return self.ruleset.item_plans[id(item)].index in self._possible
+
+
+def _start(occ: _Occ) -> int:
+    return occ.start
+
+
+class _ItemIndex:
+    """Which items can match, from the candidate words a part has: one lookup per word."""
+
+    def __init__(self, plans: Iterable[_ItemPlan], compiled: Sequence[tuple[tuple[int, int], ...]]):
+        self.single: dict[int, list[int]] = {}
+        self.multi: dict[int, list[tuple[frozenset[int], int]]] = {}
+        self.builtins: dict[str, list[int]] = {}
+        for plan in plans:
+            for term_id in plan.term_ids:
+                steps = compiled[term_id]
+                if len(steps) == 1:
+                    self.single.setdefault(steps[0][0], []).append(plan.index)
+                else:
+                    pids = frozenset(pid for pid, _ in steps)
+                    self.multi.setdefault(steps[0][0], []).append((pids, plan.index))
+            for name in plan.builtins:
+                self.builtins.setdefault(name, []).append(plan.index)
+
+    def possible_items(self, part: _Part) -> set[int]:
+        possible: set[int] = set()
+        atoms = part.atoms
+        for pid in atoms:
+            possible.update(self.single.get(pid, ()))
+            for pids, index in self.multi.get(pid, ()):
+                if index not in possible and pids <= atoms.keys():
+                    possible.add(index)
+        for name, occs in part.builtin_occs.items():
+            if occs:
+                possible.update(self.builtins.get(name, ()))
+        return possible
+
+
+@dataclass(frozen=True, slots=True)
+class _ItemPlan:
+    """An item compiled to pattern and term numbers, for fast checks per part."""
+
+    index: int
+    term_ids: tuple[int, ...]
+    builtins: tuple[str, ...]
 
 
 def _count_words(text: str, start: int, end: int, cap: int) -> int:
@@ -326,9 +370,7 @@ def _match_clause(part: _Part, clause: Clause) -> tuple[int, int] | None:
     part.place()
     lists = [part.item_occs(item) for item in clause.all]
     if clause.any:
-        merged = sorted(
-            (o for item in clause.any for o in part.item_occs(item)), key=lambda o: o.start
-        )
+        merged = sorted((o for item in clause.any for o in part.item_occs(item)), key=_start)
         if clause.any_first:
             lists.insert(0, merged)
         else:
@@ -423,6 +465,8 @@ class RuleSet:
     uses_paragraphs: bool = False
     scanner: _Scanner | None = None
     builtins_used: frozenset[str] = frozenset()
+    item_plans: Mapping[int, _ItemPlan] = field(default_factory=dict)
+    index: _ItemIndex = field(default_factory=lambda: _ItemIndex((), ()))
 
     def evaluate(self, scan: ScanInput) -> Verdict:
         """Every rule against every part: at most one hit per rule and part (the first)."""
@@ -1097,6 +1141,8 @@ def _compile(
             steps.append((pid, term.gaps[index - 1] if index else 0))
         compiled.append(tuple(steps))
 
+    plans: dict[int, _ItemPlan] = {}
+    plan_by_item: dict[Item, _ItemPlan] = {}
     for rule in rules:
         for clause in (rule.clause, *rule.requires):
             if clause.within is not None:
@@ -1106,6 +1152,16 @@ def _compile(
                 for term in item.terms:
                     add_term(term)
                 builtins_used.update(item.builtins)
+                shared = plan_by_item.get(item)
+                if shared is not None:
+                    plans[id(item)] = shared
+                    continue
+                ids = tuple(dict.fromkeys(term_ids[term] for term in item.terms))
+                plans[id(item)] = plan_by_item[item] = _ItemPlan(
+                    index=len(plan_by_item),
+                    term_ids=ids,
+                    builtins=item.builtins,
+                )
     for terms in term_lists.values():
         for term in terms:
             add_term(term)
@@ -1122,6 +1178,8 @@ def _compile(
         uses_paragraphs=uses_paragraphs,
         scanner=_Scanner(pattern_list) if pattern_list else None,
         builtins_used=frozenset(builtins_used),
+        item_plans=plans,
+        index=_ItemIndex(plan_by_item.values(), compiled),
     )
 
 
