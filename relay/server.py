@@ -24,10 +24,13 @@ from aiosmtpd.smtp import SMTP
 
 from relay import audit as events
 from relay.audit import AuditLog
-from relay.config import Config, load_config
+from relay.config import Config, bundled_rules_path, load_config
+from relay.engine import load_rules
 from relay.errors import ConfigError, RelayError
+from relay.extract import extract
 from relay.forwarder import MaildirForwarder, close_idle_connections, make_forwarder
 from relay.handler import RelayHandler, RelaySession, Runtime, ScanFn, clean_scan
+from relay.model import Verdict
 from relay.smtpdata import FastDataMixin
 
 IDENT = "outbox-relay ESMTP"
@@ -63,8 +66,23 @@ def _monotonic_usec() -> str:
     return f"MONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}"
 
 
-def default_scanner(config: Config) -> ScanFn:
-    """Until the rule engine is wired in, every message scans clean."""
+def rules_scanner(config: Config) -> ScanFn:
+    """Scan with the rule packs in `rules.paths`; a broken pack raises RuleError.
+
+    The returned callable is pure and thread-safe (the handler runs it off the event loop):
+    extraction, then every rule against every part.
+    """
+    paths = list(config.rules.paths)
+    ruleset = load_rules(paths, name="bundled" if paths == [bundled_rules_path()] else None)
+
+    def scan(data: bytes) -> Verdict:
+        return ruleset.evaluate(extract(data))
+
+    return scan
+
+
+def clean_scanner(config: Config) -> ScanFn:
+    """Every message scans clean: for tests of the mail path that do not need the rules."""
     return clean_scan
 
 
@@ -139,11 +157,11 @@ class RelaySMTP(FastDataMixin, SMTP):
 class RelayServer:
     """One running relay: listener, handler, forwarder and audit log, for one config.
 
-    `make_scanner(config)` builds the scanning callable (rebuilt on every reload);
-    by default every message scans clean.
+    `make_scanner(config)` builds the scanning callable, again on every reload; by default
+    the rule packs in `rules.paths` (`clean_scanner` skips them, for tests).
     """
 
-    def __init__(self, config: Config, *, make_scanner: ScannerFactory = default_scanner) -> None:
+    def __init__(self, config: Config, *, make_scanner: ScannerFactory = rules_scanner) -> None:
         self.config = config
         self.make_scanner = make_scanner
         self.sessions: set[RelaySMTP] = set()

@@ -8,7 +8,10 @@
   tmp_path; pass `upstream=sink.upstream()` (or any dict) and other sections to override.
 - `start_relay(config_path, make_scanner=...)`: starts a RelayServer in the test's loop and
   returns a `tests.support.RunningRelay` (`.port`, `.send()`, `.audit_events()`,
-  `.messages()`, `.server`); every relay is stopped at teardown.
+  `.messages()`, `.server`); every relay is stopped at teardown. It scans with the real rule
+  packs of the config (`tests.support.cached_rules_scanner`, loaded once per session); pass
+  `make_scanner=relay.server.clean_scanner` to skip scanning, or `rules_scanner` to reload
+  packs whose content a test changes. `tests.support.VIOLATION` is an unmistakable violation.
 - `relay`: a relay already started in front of `sink`.
 """
 
@@ -22,8 +25,8 @@ import pytest
 import yaml
 
 from relay.config import load_config
-from relay.server import RelayServer, ScannerFactory, default_scanner
-from tests.support import RunningRelay, Sink
+from relay.server import RelayServer, ScannerFactory
+from tests.support import RunningRelay, Sink, cached_rules_scanner
 
 WriteConfig = Callable[..., Path]
 StartRelay = Callable[..., Awaitable[RunningRelay]]
@@ -58,7 +61,7 @@ async def start_relay() -> AsyncIterator[StartRelay]:
     running: list[RelayServer] = []
 
     async def start(
-        config_path: Path, *, make_scanner: ScannerFactory = default_scanner
+        config_path: Path, *, make_scanner: ScannerFactory = cached_rules_scanner
     ) -> RunningRelay:
         server = RelayServer(load_config(config_path), make_scanner=make_scanner)
         await server.start()

@@ -8,6 +8,7 @@ The fixtures that wrap these live in tests/conftest.py.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import socket
 from collections.abc import Sequence
@@ -18,6 +19,11 @@ from typing import Any
 import aiosmtplib
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
+from relay.config import Config, bundled_rules_path
+from relay.engine import RuleSet, load_rules
+from relay.extract import extract
+from relay.handler import ScanFn
+from relay.model import Verdict
 from relay.server import RelayServer
 
 MESSAGE = (
@@ -44,6 +50,32 @@ def make_message(subject: str = "Your order has shipped", body: str = "Hello.") 
         f"From: shop@example.com\r\nTo: buyer@example.org\r\nSubject: {subject}\r\n"
         f"Message-ID: <{abs(hash((subject, body)))}@example.com>\r\n\r\n{body}\r\n"
     ).encode()
+
+
+VIOLATION = (
+    b"From: shop@example.com\r\nTo: buyer@example.org\r\nSubject: Thanks for your order\r\n"
+    b"Message-ID: <order-1002@example.com>\r\n\r\n"
+    b"Please leave us a 5-star review and we will refund your purchase.\r\n"
+)
+
+
+@functools.cache
+def _ruleset(paths: tuple[Path, ...]) -> RuleSet:
+    return load_rules(list(paths), name="bundled" if paths == (bundled_rules_path(),) else None)
+
+
+def cached_rules_scanner(config: Config) -> ScanFn:
+    """Like relay.server.rules_scanner, but each set of packs is loaded once per test session.
+
+    Loading the bundled packs takes about a second; tests that change a pack's content and
+    reload must use relay.server.rules_scanner instead.
+    """
+    ruleset = _ruleset(tuple(config.rules.paths))
+
+    def scan(data: bytes) -> Verdict:
+        return ruleset.evaluate(extract(data))
+
+    return scan
 
 
 @dataclass

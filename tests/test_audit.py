@@ -11,7 +11,7 @@ import pytest
 from relay import audit as audit_module
 from relay.audit import AuditLog
 from tests.conftest import StartRelay, WriteConfig
-from tests.support import MESSAGE, RunningRelay, Sink
+from tests.support import MESSAGE, VIOLATION, RunningRelay, Sink
 
 MESSAGE_FIELDS = {
     "ts",
@@ -68,6 +68,30 @@ async def test_message_line_carries_every_field(relay: RunningRelay, sink: Sink)
     assert isinstance(line["duration_ms"], int) and line["duration_ms"] >= 0
     [connect] = await relay.audit_events("session.connect")
     assert line["session_id"] == connect["session_id"]
+
+
+async def test_message_line_carries_the_rule_engines_verdict(relay: RunningRelay) -> None:
+    await relay.send(VIOLATION)
+
+    [line] = await relay.messages()
+
+    assert line["verdict"] == "violation"
+    assert "incentivized-review" in line["categories"]
+    assert line["categories"] == sorted(set(line["categories"]))
+    assert line["hits"] and all(
+        set(hit) == {"rule", "category", "severity", "part", "excerpt"} for hit in line["hits"]
+    )
+    assert any("5-star review" in hit["excerpt"] for hit in line["hits"])
+    assert line["rules_version"].startswith("bundled@")
+
+
+async def test_clean_message_names_the_rules_that_judged_it(relay: RunningRelay) -> None:
+    await relay.send(MESSAGE)
+
+    [line] = await relay.messages()
+
+    assert (line["verdict"], line["hits"]) == ("clean", [])
+    assert line["rules_version"].startswith("bundled@")
 
 
 async def test_session_connect_and_disconnect_events(relay: RunningRelay) -> None:

@@ -85,6 +85,18 @@ def test_serve_with_invalid_config_exits_78_before_listening(tmp_path: Path) -> 
     assert "listening" not in result.stderr
 
 
+def test_serve_with_a_broken_rule_pack_exits_78_before_listening(tmp_path: Path) -> None:
+    (tmp_path / "pack.yaml").write_text("rules:\n  - id: x\n    category: five-stars\n")
+    path = tmp_path / "relay.yaml"
+    path.write_text("upstream: {maildir: out}\nrules: {paths: [pack.yaml]}\n")
+
+    result = run_cli("serve", "--config", str(path), timeout=20)
+
+    assert result.returncode == EX_CONFIG
+    assert "rule error" in result.stderr and "pack.yaml" in result.stderr
+    assert "listening" not in result.stderr
+
+
 def test_serve_on_a_busy_port_exits_71_with_the_reason(tmp_path: Path) -> None:
     path = tmp_path / "relay.yaml"
     with socket.socket() as busy:

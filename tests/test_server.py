@@ -19,8 +19,9 @@ from relay.config import Config, PolicyConfig
 from relay.handler import ScanFn, clean_scan
 from relay.model import CLEAN, Action
 from relay.policy import Decision, decide
+from relay.server import rules_scanner
 from tests.conftest import StartRelay, WriteConfig
-from tests.support import MESSAGE, RunningRelay, Sink, send
+from tests.support import MESSAGE, RunningRelay, Sink, make_message, send
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -156,6 +157,48 @@ async def test_reload_failing_to_build_the_scanner_keeps_the_old_one(
     assert (await relay.send()).code == 250
     [event] = await relay.audit_events("config.reload_failed")
     assert event["error"] == "MemoryError: rule packs too big"
+
+
+PACK = """\
+language: en
+rules:
+  - id: test.stars
+    category: positive-review-request
+    severity: high
+    description: Asks for five stars.
+    hint: Ask for an honest review.
+    all: ["ponies"]
+    examples:
+      match: ["We love ponies!"]
+      no_match: ["Thanks for your order."]
+"""
+
+
+async def test_reload_picks_up_changed_rule_packs_and_keeps_them_when_broken(
+    write_config: WriteConfig, start_relay: StartRelay, sink: Sink, tmp_path: Path
+) -> None:
+    pack = tmp_path / "pack.yaml"
+    pack.write_text(PACK)
+    relay = await start_relay(
+        write_config(upstream=sink.upstream(), rules={"paths": [str(pack)]}),
+        make_scanner=rules_scanner,
+    )
+    ponies = make_message(body="We love ponies!")
+    await relay.send(ponies)
+
+    pack.write_text(PACK.replace("ponies", "unicorns"))
+    assert await relay.server.reload() is True
+    await relay.send(ponies)
+
+    pack.write_text(PACK.replace("category: positive-review-request", "category: nonsense"))
+    assert await relay.server.reload() is False
+    await relay.send(make_message(body="We love unicorns!"))
+
+    lines = await relay.messages()
+    assert [line["verdict"] for line in lines] == ["violation", "clean", "violation"]
+    assert lines[0]["rules_version"] != lines[1]["rules_version"] == lines[2]["rules_version"]
+    [failed] = await relay.audit_events("config.reload_failed")
+    assert "nonsense" in failed["error"] and str(pack) in failed["error"]
 
 
 def notify_socket(path: Path) -> socket.socket:
