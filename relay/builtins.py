@@ -46,13 +46,14 @@ _CARRIERS = _word_set(
 
 def is_carrier_domain(domain: str) -> bool:
     """A parcel carrier's site: tracking links are needed to complete the order."""
-    return any(label in _CARRIERS for label in domain.lower().split(".")[:-1])
+    labels = domain.lower().split(".")[:-1]
+    return any(part in _CARRIERS for label in labels for part in (label, *label.split("-")))
 
 
 # --- e-mail -----------------------------------------------------------------------------
 
 _LOCAL_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789._%+-")
-_AT_RE = re.compile(r"@|[ \t]?[\[({][ \t]?(?:at|@)[ \t]?[\])}][ \t]?")
+_AT_RE = re.compile(r"[@\[({](?:(?<=@)|[ \t]?(?:at|@)[ \t]?[\])}][ \t]?)")
 _OBFUSCATED_DOT = r"[ \t]?[\[({][ \t]?(?:dot|punkt|point|punto)[ \t]?[\])}][ \t]?|[ \t]dot[ \t]"
 _OBFUSCATED_DOMAIN_RE = re.compile(rf"{_LABEL}(?:(?:\.|{_OBFUSCATED_DOT}){_LABEL}){{1,8}}")
 _OBFUSCATED_DOT_RE = re.compile(_OBFUSCATED_DOT)
@@ -65,12 +66,15 @@ def find_emails(text: str) -> list[tuple[int, int]]:
     for at in _AT_RE.finditer(text):
         if at.start() < last_end:
             continue
-        start = at.start()
-        while start > max(last_end, at.start() - 64) and text[start - 1] in _LOCAL_CHARS:
+        local_end = at.start()
+        if at.group() != "@" and local_end > 0 and text[local_end - 1] in " \t":
+            local_end -= 1  # "info [at] shop [dot] de"
+        start = local_end
+        while start > max(last_end, local_end - 64) and text[start - 1] in _LOCAL_CHARS:
             start -= 1
-        while start < at.start() and text[start] in "._-":
+        while start < local_end and text[start] in "._-":
             start += 1
-        if start == at.start():
+        if start == local_end:
             continue
         plain = at.group() == "@"
         domain_match = (_DOMAIN_RE if plain else _OBFUSCATED_DOMAIN_RE).match(text, at.end())
@@ -96,7 +100,7 @@ _TLDS = _word_set(
     "mx br ru cn shop store online site website app dev ai tv xyz top club link page blog "
     "tech email example cz hu gr ro sk si lu li nz ar cl store market deals reviews review"
 )
-_SCHEME_RE = re.compile(r"(?:https?|ftp)://[^\s<>\"'(){}\[\]]+|www\.[^\s<>\"'(){}\[\]]+")
+_SCHEME_RE = re.compile(r"[hfw](?:(?<=h)ttps?://|(?<=f)tp://|(?<=w)ww\.)[^\s<>\"'(){}\[\]]+")
 _TLD_RE = re.compile(
     r"\.(?:" + "|".join(sorted(set(_TLDS), key=len, reverse=True)) + r")(?![a-z0-9-]|\.[a-z0-9])"
 )
@@ -163,7 +167,8 @@ def _looks_written_as_domain(norm: Normalized, start: int, dot: int) -> bool:
 
 _SEP = r" \t\-./()\u2010-\u2015\u2212\u30fc"
 _PHONE_RE = re.compile(
-    rf"(?<![0-9a-z#/.,:+\-_@])(?:\+|(?=00))?[ \t]?\(?[0-9][0-9{_SEP}]{{4,24}}[0-9](?![0-9a-z])"
+    r"[+(0-9](?<![0-9a-z#/.,:+\-_@].)(?:(?<=\+)[ \t]?\(?[0-9]|(?<=\()[0-9]|(?<=[0-9]))"
+    rf"[0-9{_SEP}]{{4,24}}[0-9](?![0-9a-z])"
 )
 _DATE_RE = re.compile(r"[0-9]{1,4}([./-])[0-9]{1,2}\1[0-9]{1,4}")
 _GROUP_RE = re.compile(r"[0-9]+")
@@ -218,19 +223,22 @@ _CODE_BEFORE_RE = re.compile(r"(?:[a-z]+[0-9]|[0-9]+[a-z])[a-z0-9]*[ \t]$")
 # --- ratings ----------------------------------------------------------------------------
 
 _RATING_RE = re.compile(
-    rf"(?<![0-9.,])(?P<n>[0-9](?:[.,][0-9])?)[ \t\-\u2010\u2011]*(?:[{LETTER}]+[ \t\-]+)?"
+    r"[0-9星](?:"
+    r"(?<=[0-9])(?<![0-9.,][0-9])(?:[.,][0-9])?(?:"
+    rf"[ \t\-\u2010\u2011]*(?:[{LETTER}]+[ \t\-]+)?"
     rf"(?:stars?|sterne?n?|étoiles?|etoiles?|estrellas?|stelle|stella)(?![{LETTER}])"
-    r"|(?<![0-9.,])(?P<j>[0-9](?:\.[0-9])?)\s?つ?星"
-    r"|星(?:を)?\s?(?P<k>[0-9](?:\.[0-9])?)(?![0-9])"
+    r"|\s?つ?星)"
+    r"|(?<=星)を?\s?[0-9](?:\.[0-9])?(?![0-9]))"
 )
+_NUMBER_RE = re.compile(r"[0-9](?:[.,][0-9])?")
 
 
 def find_ratings(text: str, *, minimum: float = 0) -> list[tuple[int, int]]:
     """Star ratings, already normalized to `N stars` (or `5つ星`, `星5`) by normalize()."""
     found = []
     for match in _RATING_RE.finditer(text):
-        value = match.group("n") or match.group("j") or match.group("k") or "0"
-        if float(value.replace(",", ".")) >= minimum:
+        number = _NUMBER_RE.search(match.group())
+        if number and float(number.group().replace(",", ".")) >= minimum:
             found.append(match.span())
     return found
 

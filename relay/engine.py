@@ -176,36 +176,55 @@ class _Occ:
 
 
 class _Part:
-    """Everything known about one normalized part while rules are evaluated on it."""
+    """Everything known about one normalized part while rules are evaluated on it.
+
+    The scan leaves raw `(start, end)` candidates in `atoms`; only the patterns of rules that
+    can still match are then placed (word index, sentence, paragraph) as `_Occ`s, because
+    mail is full of candidates for common words ("you", "order") that most rules never need.
+    """
 
     def __init__(self, ruleset: RuleSet, norm: Normalized) -> None:
         self.ruleset = ruleset
         self.norm = norm
-        self.atoms: dict[int, list[_Occ]] = {}
+        self.atoms: dict[int, list[tuple[int, int]]] = {}
+        self.occs: dict[int, list[_Occ]] = {}
         self.builtin_occs: dict[str, list[_Occ]] = {}
-        self._placed = False
         self._term_occs: dict[int, list[_Occ]] = {}
         self._item_occs: dict[int, list[_Occ]] = {}
         self._possible: set[int] | None = None
         self._by_word: dict[tuple[int, int], _Occ] = {}
 
     # Word indices, sentences and paragraphs are computed once, for the positions that
-    # matter (starts and ends of candidates), segment by segment from left to right.
-    def place(self) -> None:
-        if self._placed:
-            return
-        self._placed = True
-        occs = [o for lst in self.atoms.values() for o in lst]
+    # matter (starts and ends of candidates). Few positions: count segment by segment from
+    # left to right; many: list every word start and break once and look positions up.
+    def place(self, pids: Iterable[int]) -> None:
+        occs: list[_Occ] = []
+        for pid in pids:
+            raw = self.atoms.get(pid)
+            if raw:
+                placed = self.occs[pid] = [_Occ(start, end) for start, end in raw]
+                occs.extend(placed)
         occs += [o for lst in self.builtin_occs.values() for o in lst]
         if not occs:
             return
         positions = sorted({p for o in occs for p in (o.start, o.end)})
         text = self.norm.text
+        if len(positions) * 48 > len(text):
+            at = self._place_dense(text, positions)
+        else:
+            at = self._place_sparse(text, positions)
+        for o in occs:
+            o.word, o.sentence, o.paragraph = at[o.start]
+            o.last_word = max(o.word, at[o.end][0] - 1)
+        for pid, placed in self.occs.items():
+            for o in placed:
+                self._by_word.setdefault((pid, o.word), o)
+
+    def _place_sparse(self, text: str, positions: list[int]) -> dict[int, tuple[int, int, int]]:
         cap = self.ruleset.distance_cap
-        word = sentence = paragraph = 0
-        at: dict[int, tuple[int, int, int]] = {}
-        prev = 0
         need_paragraphs = self.ruleset.uses_paragraphs
+        word = sentence = paragraph = prev = 0
+        at: dict[int, tuple[int, int, int]] = {}
         for pos in positions:
             if pos > prev:
                 word += _count_words(text, prev, pos, cap)
@@ -215,9 +234,21 @@ class _Part:
                         paragraph += 1
             at[pos] = (word, sentence, paragraph)
             prev = pos
-        for o in occs:
-            o.word, o.sentence, o.paragraph = at[o.start]
-            o.last_word = max(o.word, at[o.end][0] - 1)
+        return at
+
+    def _place_dense(self, text: str, positions: list[int]) -> dict[int, tuple[int, int, int]]:
+        words = [m.start() for m in WORD_START_RE.finditer(text)]
+        sentences = [m.start() for m in SENTENCE_BREAK_RE.finditer(text)]
+        paragraphs = (
+            [m.start() for m in PARAGRAPH_BREAK_RE.finditer(text)]
+            if self.ruleset.uses_paragraphs
+            else []
+        )
+        left = bisect.bisect_left
+        return {
+            pos: (left(words, pos), left(sentences, pos), left(paragraphs, pos))
+            for pos in positions
+        }
 
     def term_occs(self, term_id: int) -> list[_Occ]:
         found = self._term_occs.get(term_id)
@@ -228,10 +259,15 @@ class _Part:
 
     def _match_term(self, term_id: int) -> list[_Occ]:
         compiled = self.ruleset.compiled_terms[term_id]
-        first = self.atoms.get(compiled[0][0], [])
+        first = self.occs.get(compiled[0][0], [])
         if len(compiled) == 1 or not first:
             return first
-        self.place()
+        lists = [self.occs.get(pid) for pid, _ in compiled]
+        if not all(lists):
+            return []
+        offsets = self.ruleset.phrase_offsets[term_id]
+        if offsets is not None:
+            return self._match_phrase(compiled, offsets, lists)
         result: list[_Occ] = []
         for occ in first:
             # Reachable ends after each word; gaps are bounded, so the frontier stays small.
@@ -253,11 +289,34 @@ class _Part:
                 )
         return result
 
+    def _match_phrase(
+        self,
+        compiled: tuple[tuple[int, int], ...],
+        offsets: tuple[int, ...],
+        lists: list[list[_Occ] | None],
+    ) -> list[_Occ]:
+        """Words in a row: start from the rarest word and look the others up by position."""
+        anchor = min(range(len(lists)), key=lambda i: len(lists[i] or ()))
+        result: list[_Occ] = []
+        by_word = self._by_word
+        for occ in lists[anchor] or ():
+            base = occ.word - offsets[anchor]
+            words = []
+            for (pid, _), offset in zip(compiled, offsets, strict=True):
+                found = by_word.get((pid, base + offset))
+                if found is None or found.sentence != occ.sentence:
+                    break
+                words.append(found)
+            else:
+                head, tail = words[0], words[-1]
+                result.append(
+                    _Occ(head.start, tail.end, head.word, tail.last_word, head.sentence,
+                         head.paragraph)
+                )  # fmt: skip
+        result.sort(key=_start)
+        return result
+
     def _atom_at(self, pattern_id: int, word: int) -> _Occ | None:
-        if not self._by_word:
-            for pid, lst in self.atoms.items():
-                for o in lst:
-                    self._by_word.setdefault((pid, o.word), o)
         return self._by_word.get((pattern_id, word))
 
     def item_occs(self, item: Item) -> list[_Occ]:
@@ -367,7 +426,6 @@ def _match_clause(part: _Part, clause: Clause) -> tuple[int, int] | None:
     """The span of the first place in the part where the clause holds, or None."""
     if not _clause_possible(part, clause):
         return None
-    part.place()
     lists = [part.item_occs(item) for item in clause.all]
     if clause.any:
         merged = sorted((o for item in clause.any for o in part.item_occs(item)), key=_start)
@@ -467,6 +525,8 @@ class RuleSet:
     builtins_used: frozenset[str] = frozenset()
     item_plans: Mapping[int, _ItemPlan] = field(default_factory=dict)
     index: _ItemIndex = field(default_factory=lambda: _ItemIndex((), ()))
+    rule_patterns: Mapping[int, frozenset[int]] = field(default_factory=dict)
+    phrase_offsets: tuple[tuple[int, ...] | None, ...] = ()
 
     def evaluate(self, scan: ScanInput) -> Verdict:
         """Every rule against every part: at most one hit per rule and part (the first)."""
@@ -478,28 +538,54 @@ class RuleSet:
 
     def _evaluate(self, scan: ScanInput, rules: Sequence[Rule]) -> Verdict:
         hits: list[Hit] = []
+        seen: dict[str, list[tuple[Rule, str]]] = {}
         for origin, text in _parts_of(scan):
             if not text.strip():
                 continue
-            part = self._prepare(text)
-            for rule in rules:
-                span = _match_clause(part, rule.clause)
-                if span is None:
-                    continue
-                if not all(_match_clause(part, extra) for extra in rule.requires):
-                    continue
-                hits.append(
-                    Hit(
-                        rule=rule.id,
-                        category=rule.category,
-                        severity=rule.severity,
-                        part=origin,
-                        excerpt=part.norm.excerpt(*span),
-                        hint=rule.hint,
-                        description=rule.description,
-                    )
+            # The text and HTML alternatives of a message usually read the same (line breaks
+            # aside, which only matter as blank lines): judge the words once.
+            key = " ".join(_BLANK_LINE_RE.sub("\x00", text).split())
+            found = seen.get(key)
+            if found is None:
+                found = seen[key] = self._judge_part(text, rules)
+            hits.extend(
+                Hit(
+                    rule=rule.id,
+                    category=rule.category,
+                    severity=rule.severity,
+                    part=origin,
+                    excerpt=excerpt,
+                    hint=rule.hint,
+                    description=rule.description,
                 )
+                for rule, excerpt in found
+            )
         return Verdict(hits=tuple(hits), rules_version=self.version, notes=scan.notes)
+
+    def _judge_part(self, text: str, rules: Sequence[Rule]) -> list[tuple[Rule, str]]:
+        """The rules that hit one part's text, each with its excerpt."""
+        part = self._prepare(text)
+        candidates = [
+            rule
+            for rule in rules
+            if _clause_possible(part, rule.clause)
+            and all(_clause_possible(part, extra) for extra in rule.requires)
+        ]
+        if not candidates:
+            return []
+        needed: set[int] = set()
+        for rule in candidates:
+            needed.update(self.rule_patterns[id(rule)])
+        part.place(needed)
+        found = []
+        for rule in candidates:
+            span = _match_clause(part, rule.clause)
+            if span is None:
+                continue
+            if not all(_match_clause(part, extra) for extra in rule.requires):
+                continue
+            found.append((rule, part.norm.excerpt(*span)))
+        return found
 
     def _prepare(self, text: str) -> _Part:
         part = _Part(self, normalize(text))
@@ -524,6 +610,9 @@ class RuleSet:
         return failures
 
 
+_BLANK_LINE_RE = re.compile(r"\n[ \t\r\f\v\u3000]*\n\s*")
+
+
 def _parts_of(scan: ScanInput) -> list[tuple[str, str]]:
     parts = [(p.origin, p.text) for p in scan.parts]
     if scan.subject and not any(p.origin == "subject" for p in scan.parts):
@@ -532,6 +621,56 @@ def _parts_of(scan: ScanInput) -> list[tuple[str, str]]:
 
 
 # --- candidate scanning -----------------------------------------------------------------
+
+
+class _WordTable:
+    """Whole words and word prefixes of one kind (with or without diacritics)."""
+
+    def __init__(self, exact: dict[str, list[int]], prefix: dict[str, list[int]]) -> None:
+        self.exact = exact
+        self.prefix = prefix
+        self.lengths = sorted({len(w) for w in prefix})
+        words = [*exact, *prefix]
+        letters = [w for w in words if not w[0].isdigit()]
+        digits = [w for w in words if w[0].isdigit()]
+        alternatives = []
+        if letters:
+            alternatives.append(f"(?<![{LETTER}])(?:{_trie_regex(letters)})[{LETTER}]*")
+        if digits:
+            alternatives.append(f"(?<![0-9])(?:{_trie_regex(digits)})[0-9]*")
+        self.regex = re.compile("|".join(alternatives)) if alternatives else None
+        # Which patterns a word satisfies, remembered across messages: mail repeats words.
+        self.memo: dict[str, tuple[int, ...]] = {}
+
+    def lookup(self, word: str) -> tuple[int, ...]:
+        pids = list(self.exact.get(word, ()))
+        for length in self.lengths:
+            if length > len(word):
+                break
+            pids.extend(self.prefix.get(word[:length], ()))
+        found = tuple(pids)
+        if len(self.memo) >= _Scanner.MEMO_LIMIT:
+            self.memo.clear()
+        self.memo[word] = found
+        return found
+
+    def scan(self, text: str, atoms: dict[int, list[tuple[int, int]]]) -> None:
+        if self.regex is None:
+            return
+        memo = self.memo
+        for match in self.regex.finditer(text):
+            word = match.group()
+            pids = memo.get(word)
+            if pids is None:
+                pids = self.lookup(word)
+            if pids:
+                span = match.span()
+                for pid in pids:
+                    found = atoms.get(pid)
+                    if found is None:
+                        atoms[pid] = [span]
+                    else:
+                        found.append(span)
 
 
 def _trie_regex(words: Iterable[str]) -> str:
@@ -558,6 +697,8 @@ def _trie_regex(words: Iterable[str]) -> str:
 class _Scanner:
     """Finds candidate words of all term patterns in one pass per text variant."""
 
+    MEMO_LIMIT = 200_000
+
     def __init__(self, patterns: Sequence[WordPattern]) -> None:
         self.plain_exact: dict[str, list[int]] = {}
         self.plain_prefix: dict[str, list[int]] = {}
@@ -572,72 +713,21 @@ class _Scanner:
             else:
                 table = self.plain_prefix if pattern.prefix else self.plain_exact
             table.setdefault(pattern.text, []).append(pid)
-        self.plain_prefix_lengths = sorted({len(w) for w in self.plain_prefix})
-        self.accented_prefix_lengths = sorted({len(w) for w in self.accented_prefix})
         self.cjk_lengths = sorted({len(w) for w in self.cjk})
-        self.plain_re = self._word_regex([*self.plain_exact, *self.plain_prefix])
-        self.accented_re = self._word_regex([*self.accented_exact, *self.accented_prefix])
-        self.all_re = self._word_regex(
-            [*self.plain_exact, *self.plain_prefix, *self.accented_exact, *self.accented_prefix]
-        )
+        self.plain = _WordTable(self.plain_exact, self.plain_prefix)
+        self.accented = _WordTable(self.accented_exact, self.accented_prefix)
         self.cjk_re = re.compile(_trie_regex(self.cjk)) if self.cjk else None
-
-    @staticmethod
-    def _word_regex(words: list[str]) -> re.Pattern[str] | None:
-        letters = [w for w in words if not w[0].isdigit()]
-        digits = [w for w in words if w[0].isdigit()]
-        alternatives = []
-        if letters:
-            alternatives.append(f"(?<![{LETTER}])(?:{_trie_regex(letters)})[{LETTER}]*")
-        if digits:
-            alternatives.append(f"(?<![0-9])(?:{_trie_regex(digits)})[0-9]*")
-        return re.compile("|".join(alternatives)) if alternatives else None
 
     def scan(self, part: _Part) -> None:
         norm = part.norm
-        atoms = part.atoms
-        if norm.bare is norm.text or norm.bare == norm.text:
-            self._words(self.all_re, norm.text, atoms, accented=None)
-        else:
-            self._words(self.plain_re, norm.bare, atoms, accented=False)
-            self._words(self.accented_re, norm.text, atoms, accented=True)
+        self.plain.scan(norm.bare, part.atoms)
+        if norm.bare is not norm.text:
+            # Only text with diacritics can hold a word written with them.
+            self.accented.scan(norm.text, part.atoms)
         if self.cjk_re is not None:
-            self._cjk(norm.text, atoms)
+            self._cjk(norm.text, part.atoms)
 
-    def _words(
-        self,
-        regex: re.Pattern[str] | None,
-        text: str,
-        atoms: dict[int, list[_Occ]],
-        *,
-        accented: bool | None,
-    ) -> None:
-        if regex is None:
-            return
-        tables = []
-        if accented is not True:
-            tables.append((self.plain_exact, self.plain_prefix, self.plain_prefix_lengths))
-        if accented is not False:
-            tables.append((self.accented_exact, self.accented_prefix, self.accented_prefix_lengths))
-        for match in regex.finditer(text):
-            word = match.group()
-            occ: _Occ | None = None
-            for exact, prefix, lengths in tables:
-                pids = exact.get(word)
-                if pids:
-                    occ = occ or _Occ(match.start(), match.end())
-                    for pid in pids:
-                        atoms.setdefault(pid, []).append(occ)
-                for length in lengths:
-                    if length > len(word):
-                        break
-                    pids = prefix.get(word[:length])
-                    if pids:
-                        occ = occ or _Occ(match.start(), match.end())
-                        for pid in pids:
-                            atoms.setdefault(pid, []).append(occ)
-
-    def _cjk(self, text: str, atoms: dict[int, list[_Occ]]) -> None:
+    def _cjk(self, text: str, atoms: dict[int, list[tuple[int, int]]]) -> None:
         assert self.cjk_re is not None
         search = self.cjk_re.search
         pos = 0
@@ -652,9 +742,9 @@ class _Scanner:
                     break
                 pids = self.cjk.get(found[:length])
                 if pids:
-                    occ = _Occ(start, start + length)
+                    span = (start, start + length)
                     for pid in pids:
-                        atoms.setdefault(pid, []).append(occ)
+                        atoms.setdefault(pid, []).append(span)
             pos = start + 1  # overlapping terms starting inside this one
 
 
@@ -1180,7 +1270,32 @@ def _compile(
         builtins_used=frozenset(builtins_used),
         item_plans=plans,
         index=_ItemIndex(plan_by_item.values(), compiled),
+        phrase_offsets=tuple(_phrase_offsets(steps, pattern_list) for steps in compiled),
+        rule_patterns={
+            id(rule): frozenset(
+                pid
+                for clause in (rule.clause, *rule.requires)
+                for item in (*clause.all, *clause.any, *clause.none)
+                for term in item.terms
+                for pid, _ in compiled[term_ids[term]]
+            )
+            for rule in rules
+        },
     )
+
+
+def _phrase_offsets(
+    steps: tuple[tuple[int, int], ...], patterns: Sequence[WordPattern]
+) -> tuple[int, ...] | None:
+    """Word offsets of a gap-free phrase's words from its first word (None: it has gaps)."""
+    if any(gap for _, gap in steps):
+        return None
+    offsets = []
+    position = 0
+    for pid, _ in steps:
+        offsets.append(position)
+        position += patterns[pid].width
+    return tuple(offsets)
 
 
 def bundled_rules_path() -> Path:

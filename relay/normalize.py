@@ -34,7 +34,7 @@ from dataclasses import dataclass
 LATIN = "a-z\u00aa\u00b5\u00ba\u00c0-\u00d6\u00d8-\u00f6\u00f8-\u024f\u1e00-\u1eff\u2c60-\u2c7f"
 FOLDABLE = "\u0370-\u03ff\u1f00-\u1fff\u0400-\u052f\u0531-\u058f"  # Greek, Cyrillic, Armenian
 MARKS = "\u0300-\u036f"
-LETTER = LATIN + FOLDABLE + MARKS
+LETTER = "A-Z" + LATIN + FOLDABLE + MARKS
 """Characters of space-separated words (the scripts whose words are matched whole)."""
 CJK = (
     "\u3041-\u3096\u3099-\u309f\u30a0-\u30fa\u30fc-\u30ff\u31f0-\u31ff\u3400-\u4dbf"
@@ -137,13 +137,24 @@ _CONFUSABLES = str.maketrans(
         # Greek
         "α": "a", "β": "b", "γ": "y", "ε": "e", "η": "n", "ι": "i", "κ": "k", "ν": "v",
         "ο": "o", "ρ": "p", "τ": "t", "υ": "u", "χ": "x", "ω": "w", "ς": "s", "μ": "u",
-        "ζ": "z", "ϲ": "c", "ϳ": "j", "ί": "i", "ό": "o", "ύ": "u", "ά": "a", "έ": "e",
-        "ϊ": "ï", "ϋ": "ü",
+        "ζ": "z", "ϲ": "c", "σ": "c", "ϳ": "j", "ί": "i", "ό": "o", "ύ": "u", "ά": "a",
+        "έ": "e", "ϊ": "ï", "ϋ": "ü",
         # Armenian
         "օ": "o", "ս": "u", "հ": "h", "ո": "n", "ց": "g", "ք": "p", "ա": "w", "զ": "q",
     }
 )  # fmt: skip
+_CAPITAL_CONFUSABLES = {
+    # Capitals fold by shape before case folding: Greek Ν is N, while its small ν is v.
+    "А": "A", "В": "B", "Е": "E", "К": "K", "М": "M", "Н": "H", "О": "O", "Р": "P", "С": "C",
+    "Т": "T", "У": "Y", "Х": "X", "Ѕ": "S", "І": "I", "Ј": "J", "Ү": "Y", "Ԛ": "Q", "Ԝ": "W",
+    "Һ": "H", "Ӏ": "I", "Ԁ": "D", "Ь": "b",
+    "Α": "A", "Β": "B", "Ε": "E", "Ζ": "Z", "Η": "H", "Ι": "I", "Κ": "K", "Μ": "M", "Ν": "N",
+    "Ο": "O", "Ρ": "P", "Τ": "T", "Υ": "Y", "Χ": "X", "Ϲ": "C", "Ϳ": "J", "Ϝ": "F",
+}  # fmt: skip
+_CASED_CONFUSABLES = {**_CONFUSABLES, **str.maketrans(_CAPITAL_CONFUSABLES)}
 _MIXED_SEAM_RE = re.compile(f"[{LATIN}][{FOLDABLE}]|[{FOLDABLE}][{LATIN}]")
+_CASED_LATIN = "A-Z" + LATIN
+_CASED_SEAM_RE = re.compile(f"[{_CASED_LATIN}][{FOLDABLE}]|[{FOLDABLE}][{_CASED_LATIN}]")
 _FOLDABLE_RE = re.compile(f"[{FOLDABLE}]")
 _WORD_END_RE = re.compile(f"[{LETTER}]*")
 
@@ -163,20 +174,23 @@ _NUMBER_WORDS = {
 }  # fmt: skip
 _LATIN_NUMBER_WORDS = "|".join(k for k in _NUMBER_WORDS if k.isascii() or k == "fünf")
 _STAR_WORD = r"(?:star|stern|étoile|etoile|estrell|stell)"
-_RATING_RE = re.compile(
-    "|".join(
-        [
-            rf"(?:(?P<symn>{_NUM})[ \t]?)?(?P<sym>[{_STARS}](?:[ \t]?[{_STARS}])*)",
-            rf"(?<![0-9a-z*])(?P<astn>{_NUM})\*(?![*0-9a-z])",
-            rf"(?<![0-9/.,])(?P<fn>10|{_NUM})[ \t]?/[ \t]?(?P<fd>5|10)(?![0-9]|[/.,][0-9])",
-            r"(?<![*\w])(?P<ast>\*{3,5})(?![*\w])",
-            rf"(?<![{LETTER}])(?P<nw>{_LATIN_NUMBER_WORDS})"
-            rf"(?=[ \t\-\u2010\u2011\u2013]+(?:[{LETTER}]+[ \t\-]+)?{_STAR_WORD})",
-            r"(?P<jn>[一二三四五])(?=つ?星)",
-            r"(?<=星)(?P<jn2>[一二三四五])",
-        ]
-    )
+# Each expression starts with a character class, so the regex engine skips ahead to the
+# few places where a rating can begin instead of trying every position.
+_SYMBOL_RATING_RE = re.compile(
+    rf"[0-9{_STARS}*](?:"
+    rf"(?<=[{_STARS}])(?:[ \t]?[{_STARS}])*"
+    r"|(?<=\*)(?<![*\w]\*)\*{2,4}(?![*\w])"
+    r"|(?<=[0-9])(?<![0-9a-z*.,/][0-9])(?:(?<=1)0(?=[ \t]?/))?(?:[.,][0-9])?"
+    rf"(?:[ \t]?[{_STARS}](?:[ \t]?[{_STARS}])*|\*(?![*0-9a-z])"
+    r"|[ \t]?/[ \t]?(?:5|10)(?![0-9]|[/.,][0-9])))"
 )
+_NUMBER_WORD_RE = re.compile(
+    rf"(?<![{LETTER}])(?:{_LATIN_NUMBER_WORDS})"
+    rf"(?=[ \t\-\u2010\u2011\u2013]+(?:[{LETTER}]+[ \t\-]+)?{_STAR_WORD})"
+)
+_STAR_WORD_RE = re.compile(_STAR_WORD)
+_JA_NUMBER_RE = re.compile(r"[一二三四五](?=つ?星)|(?<=星)[一二三四五]")
+_LEADING_NUMBER_RE = re.compile(r"[0-9]+(?:[.,][0-9])?")
 _RATING_HINT_RE = re.compile(rf"[{_STARS}*/]|{_STAR_WORD}|星")
 
 # --- accents ----------------------------------------------------------------------------
@@ -315,13 +329,19 @@ def _fold_chars(text: str) -> tuple[str, OffsetMap | None]:
     return out.text(), out.map
 
 
-def _fold_lookalikes(text: str) -> str:
-    """Folds Cyrillic/Greek/Armenian look-alikes to Latin inside mixed-script words only."""
+def _fold_lookalikes(text: str, *, cased: bool = False) -> str:
+    """Folds Cyrillic/Greek/Armenian look-alikes to Latin inside mixed-script words only.
+
+    Runs twice: on the original (`cased`, where capitals still tell Greek Ν from ν) and on
+    the case-folded text, for words that only become mixed once invisible characters are gone.
+    """
     if not _FOLDABLE_RE.search(text):
         return text
+    seams = _CASED_SEAM_RE if cased else _MIXED_SEAM_RE
+    table = _CASED_CONFUSABLES if cased else _CONFUSABLES
     pieces: list[str] = []
     pos = 0
-    for seam in _MIXED_SEAM_RE.finditer(text):
+    for seam in seams.finditer(text):
         if seam.start() < pos:
             continue  # inside a word already folded
         start = seam.start()
@@ -330,7 +350,7 @@ def _fold_lookalikes(text: str) -> str:
         end_match = _WORD_END_RE.match(text, seam.start())
         end = end_match.end() if end_match else seam.end()
         pieces.append(text[pos:start])
-        pieces.append(text[start:end].translate(_CONFUSABLES))
+        pieces.append(text[start:end].translate(table))
         pos = end
     if not pieces:
         return text
@@ -350,46 +370,54 @@ def _stars_word(value: float) -> str:
     return f" {number} stars "
 
 
-def _rating_value(match: re.Match[str]) -> str | None:
-    """The replacement for a rating match (None when the match is not a rating after all)."""
-    group = match.lastgroup
-    if group == "sym":
-        run = match.group("sym")
-        filled = sum(1 for c in run if c in _FILLED)
-        empty = sum(1 for c in run if c in _EMPTY)
-        if match.group("symn"):
-            return _stars_word(float(match.group("symn").replace(",", ".")))
-        return _stars_word(filled or empty)
-    if group == "astn":
-        return _stars_word(float(match.group("astn").replace(",", ".")))
-    if group == "fd":
-        value = float(match.group("fn").replace(",", "."))
-        scale = int(match.group("fd"))
+def _symbol_rating(written: str) -> str | None:
+    """The `N stars` replacement for a symbol or digit rating (None: not a rating after all)."""
+    first = written[0]
+    if first in _STARS:
+        filled = sum(1 for c in written if c in _FILLED)
+        return _stars_word(filled or sum(1 for c in written if c in _EMPTY))
+    if first == "*":
+        return _stars_word(len(written))
+    number = _LEADING_NUMBER_RE.match(written)
+    if number is None:
+        return None
+    value = float(number.group().replace(",", "."))
+    rest = written[number.end() :]
+    if "/" in rest:
+        scale = int(rest.split("/")[-1].strip())
         if value > scale:
             return None
-        return _stars_word(value * 5 / scale)
-    if group == "ast":
-        return _stars_word(len(match.group("ast")))
-    if group in ("nw", "jn", "jn2"):
-        return _NUMBER_WORDS[match.group(group)]
-    return None
+        value = value * 5 / scale
+    return _stars_word(value)
 
 
 def _rewrite_ratings(text: str) -> tuple[str, OffsetMap | None]:
     if not _RATING_HINT_RE.search(text):
         return text, None
+    found: list[tuple[int, int, str]] = []
+    for match in _SYMBOL_RATING_RE.finditer(text):
+        replacement = _symbol_rating(match.group())
+        if replacement is not None:
+            found.append((match.start(), match.end(), replacement))
+    if _STAR_WORD_RE.search(text):
+        found += [
+            (m.start(), m.end(), _NUMBER_WORDS[m.group()]) for m in _NUMBER_WORD_RE.finditer(text)
+        ]
+    if "星" in text:
+        found += [
+            (m.start(), m.end(), _NUMBER_WORDS[m.group()]) for m in _JA_NUMBER_RE.finditer(text)
+        ]
+    if not found:
+        return text, None
+    found.sort()
     out = _Builder()
     pos = 0
-    for match in _RATING_RE.finditer(text):
-        replacement = _rating_value(match)
-        if replacement is None:
+    for start, end, replacement in found:
+        if start < pos:
             continue
-        start = match.start()
         out.copy(text[pos:start], pos)
-        out.replace(replacement, start, match.end() - start)
-        pos = match.end()
-    if pos == 0:
-        return text, None
+        out.replace(replacement, start, end - start)
+        pos = end
     out.copy(text[pos:], pos)
     return out.text(), out.map
 
@@ -463,11 +491,13 @@ def excerpt(source: str, start: int, end: int, *, width: int = 100) -> str:
 
 def normalize(text: str) -> Normalized:
     """Normalizes `text` for matching; linear in its length."""
-    folded, char_map = _fold_chars(text)
+    folded, char_map = _fold_chars(_fold_lookalikes(text, cased=True))
     folded = _fold_lookalikes(folded)
     rated, rating_map = _rewrite_ratings(folded)
     maps = tuple(m for m in (char_map, rating_map) if m is not None)
     bare = rated if rated.isascii() else strip_accents(rated)
+    if bare == rated:
+        bare = rated  # the same object tells the engine there are no diacritics
     return Normalized(source=text, text=rated, bare=bare, maps=maps)
 
 
