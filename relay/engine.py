@@ -29,6 +29,7 @@ from relay.model import Category, Hit, Part, ScanInput, Severity, Verdict
 from relay.normalize import (
     CJK,
     LETTER,
+    NUMBER_WORDS,
     PARAGRAPH_BREAK_RE,
     SENTENCE_BREAK_RE,
     TOKEN_RE,
@@ -46,6 +47,7 @@ _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 _RULE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _GAP_RE = re.compile(r"^~([0-9]+)$")
 _CJK_RE = re.compile(f"[{CJK}]")
+_NUMBER_WORDS_SET = frozenset(NUMBER_WORDS)
 
 
 class Scope(enum.StrEnum):
@@ -77,7 +79,7 @@ class WordPattern:
         return len(self.text) if self.cjk else 1
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class Term:
     """A word or phrase; `gaps[i]` is how many words may stand between word i and i + 1."""
 
@@ -790,20 +792,9 @@ def parse_term(source: str) -> Term:
     if pending_gap is not None:
         raise _TermSyntaxError(f"term ends with a gap: {source!r}")
 
-    # Normalize the words together (ratings such as "five star" span two words) and find
-    # which written chunk each normalized token came from.
-    joined = ""
-    chunk_starts: list[int] = []
-    for word in words_:
-        if joined:
-            joined += " "
-        chunk_starts.append(len(joined))
-        joined += word
-    norm = normalize(joined)
-    tokens = [
-        (m.group(), bisect.bisect_right(chunk_starts, norm.source_span(m.start(), m.end())[0]) - 1)
-        for m in TOKEN_RE.finditer(norm.text)
-    ]
+    tokens = _simple_tokens(words_)
+    if tokens is None:
+        tokens = _normalized_tokens(words_)
     covered = {chunk for _, chunk in tokens}
     for index, word in enumerate(words_):
         if index not in covered:
@@ -832,6 +823,44 @@ def parse_term(source: str) -> Term:
             )
         patterns[position] = WordPattern(pattern.text, prefix=True)
     return Term(source=source, words=tuple(patterns), gaps=tuple(gaps))
+
+
+_SIMPLE_WORD_RE = re.compile(r"[a-z]+|[\u3041-\u3096\u30a1-\u30fa\u30fc\u4e00-\u9fff]+")
+_NOT_SIMPLE = frozenset("星一二三四五")
+
+
+def _simple_tokens(words: list[str]) -> list[tuple[str, int]] | None:
+    """Tokens of a term whose words normalization would leave alone (most of them), or None."""
+    tokens = []
+    for index, word in enumerate(words):
+        lowered = word.lower()
+        if (
+            not _SIMPLE_WORD_RE.fullmatch(lowered)
+            or lowered in _NUMBER_WORDS_SET
+            or not _NOT_SIMPLE.isdisjoint(lowered)
+        ):
+            return None
+        tokens.append((lowered, index))
+    return tokens
+
+
+def _normalized_tokens(words: list[str]) -> list[tuple[str, int]]:
+    """Tokens of a term after full normalization, each with the written word it came from.
+
+    The words are normalized together (a rating such as "five star" spans two words).
+    """
+    joined = ""
+    starts: list[int] = []
+    for word in words:
+        if joined:
+            joined += " "
+        starts.append(len(joined))
+        joined += word
+    norm = normalize(joined)
+    return [
+        (m.group(), bisect.bisect_right(starts, norm.source_span(m.start(), m.end())[0]) - 1)
+        for m in TOKEN_RE.finditer(norm.text)
+    ]
 
 
 # --- loading ----------------------------------------------------------------------------

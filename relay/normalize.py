@@ -164,7 +164,7 @@ _FILLED = "★⭐🌟✪✫✬✭✮✯✰⭑🌠"
 _EMPTY = "☆✩⭒"
 _STARS = _FILLED + _EMPTY
 _NUM = r"[0-9](?:[.,][0-9])?"
-_NUMBER_WORDS = {
+NUMBER_WORDS = {
     "one": "1", "two": "2", "three": "3", "four": "4", "five": "5",
     "ein": "1", "eine": "1", "einen": "1", "zwei": "2", "drei": "3", "vier": "4", "fünf": "5",
     "un": "1", "une": "1", "deux": "2", "trois": "3", "quatre": "4", "cinq": "5",
@@ -172,7 +172,7 @@ _NUMBER_WORDS = {
     "due": "2", "tre": "3", "quattro": "4", "cinque": "5",
     "一": "1", "二": "2", "三": "3", "四": "4", "五": "5",
 }  # fmt: skip
-_LATIN_NUMBER_WORDS = "|".join(k for k in _NUMBER_WORDS if k.isascii() or k == "fünf")
+_LATINNUMBER_WORDS = "|".join(k for k in NUMBER_WORDS if k.isascii() or k == "fünf")
 _STAR_WORD = r"(?:star|stern|étoile|etoile|estrell|stell)"
 # Each expression starts with a character class, so the regex engine skips ahead to the
 # few places where a rating can begin instead of trying every position.
@@ -185,7 +185,7 @@ _SYMBOL_RATING_RE = re.compile(
     r"|[ \t]?/[ \t]?(?:5|10)(?![0-9]|[/.,][0-9])))"
 )
 _NUMBER_WORD_RE = re.compile(
-    rf"(?<![{LETTER}])(?:{_LATIN_NUMBER_WORDS})"
+    rf"(?<![{LETTER}])(?:{_LATINNUMBER_WORDS})"
     rf"(?=[ \t\-\u2010\u2011\u2013]+(?:[{LETTER}]+[ \t\-]+)?{_STAR_WORD})"
 )
 _STAR_WORD_RE = re.compile(_STAR_WORD)
@@ -401,11 +401,11 @@ def _rewrite_ratings(text: str) -> tuple[str, OffsetMap | None]:
             found.append((match.start(), match.end(), replacement))
     if _STAR_WORD_RE.search(text):
         found += [
-            (m.start(), m.end(), _NUMBER_WORDS[m.group()]) for m in _NUMBER_WORD_RE.finditer(text)
+            (m.start(), m.end(), NUMBER_WORDS[m.group()]) for m in _NUMBER_WORD_RE.finditer(text)
         ]
     if "星" in text:
         found += [
-            (m.start(), m.end(), _NUMBER_WORDS[m.group()]) for m in _JA_NUMBER_RE.finditer(text)
+            (m.start(), m.end(), NUMBER_WORDS[m.group()]) for m in _JA_NUMBER_RE.finditer(text)
         ]
     if not found:
         return text, None

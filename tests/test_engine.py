@@ -568,3 +568,42 @@ def test_work_grows_linearly_with_message_size(tmp_path: Path) -> None:
         small_calls = count_calls(lambda s=scan_small: ruleset.evaluate(s))  # type: ignore[misc]
         large_calls = count_calls(lambda s=scan_large: ruleset.evaluate(s))  # type: ignore[misc]
         assert large_calls <= 5 * small_calls + 500, (small[:20], small_calls, large_calls)
+
+
+@pytest.mark.parametrize(
+    "words",
+    [["Leave", "us"], ["review"], ["レビュー", "お願い"], ["Five", "star"], ["fünf"], ["五つ星"]],
+)
+def test_simple_term_fast_path_agrees_with_full_normalization(words: list[str]) -> None:
+    from relay.engine import _normalized_tokens, _simple_tokens
+
+    fast = _simple_tokens(words)
+    assert fast is None or fast == _normalized_tokens(words)
+
+
+def test_bundled_rules_are_found_inside_an_installed_package(tmp_path: Path) -> None:
+    """The wheel force-includes rules/ as relay/_bundled_rules; that copy wins when present."""
+    import shutil
+    import subprocess
+
+    package = Path(__file__).resolve().parent.parent / "relay"
+    installed = tmp_path / "site" / "relay"
+    shutil.copytree(package, installed, ignore=shutil.ignore_patterns("__pycache__"))
+    (installed / "_bundled_rules").mkdir()
+    pack(installed / "_bundled_rules", VALID, "only.yaml")
+    code = (
+        "from relay.engine import bundled_rules_path, load_bundled_rules;"
+        "r = load_bundled_rules(); print(bundled_rules_path(), r.version, len(r.rules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(tmp_path / "site"), "PATH": "/usr/bin:/bin"},
+        timeout=60,
+        check=True,
+    )
+    path, version, count = result.stdout.split()
+    assert path == str(installed / "_bundled_rules")
+    assert version.startswith("bundled@") and count == "1"
