@@ -41,6 +41,21 @@ async def test_null_sender_is_forwarded_as_null_sender(relay: RunningRelay, sink
     assert line["mail_from"] == "<>"
 
 
+async def test_body_8bitmime_is_passed_on_to_an_upstream_that_offers_it(
+    relay: RunningRelay, sink: Sink
+) -> None:
+    import aiosmtplib
+
+    async with aiosmtplib.SMTP(hostname="127.0.0.1", port=relay.port, start_tls=False) as client:
+        await client.sendmail(
+            "shop@example.com", ["a@b.example"], MESSAGE, mail_options=["BODY=8BITMIME"]
+        )
+
+    [got] = sink.messages
+    assert "BODY=8BITMIME" in got.mail_options
+    assert got.data == MESSAGE
+
+
 async def test_every_recipient_is_forwarded_in_one_transaction(
     relay: RunningRelay, sink: Sink
 ) -> None:
