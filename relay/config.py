@@ -23,7 +23,7 @@ from typing import Any, NoReturn, TypeVar
 import yaml
 
 from relay.errors import ConfigError
-from relay.model import Action, Category
+from relay.model import Action, Category, Severity
 
 T = TypeVar("T")
 KeyPath = tuple[str | int, ...]
@@ -245,7 +245,7 @@ def choice(*options: str) -> Check:
     return check
 
 
-E = TypeVar("E", Action, Category)
+E = TypeVar("E", Action, Category, Severity)
 
 
 def enum_value(enum_cls: type[E]) -> Callable[[Any, Context], E]:
@@ -480,6 +480,11 @@ class PolicyConfig:
     )
     actions: Mapping[Category, Action] = setting(
         _FrozenMap(), mapping_of(enum_value(Category), enum_value(Action)), "per-category action"
+    )
+    reject_min_severity: Severity = setting(
+        Severity.HIGH,
+        enum_value(Severity),
+        "reject only for hits this severe; a milder hit is quarantined instead",
     )
 
 
