@@ -21,14 +21,16 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from relay import audit as events
 from relay.audit import AuditLog
 from relay.config import Config
-from relay.errors import UpstreamError
+from relay.errors import QuarantineError, UpstreamError
 from relay.forwarder import DeliveryFailed, Forwarder
 from relay.model import CLEAN, Action, Verdict
-from relay.policy import decide
+from relay.policy import decide, reject_reply, tagged
+from relay.quarantine import QuarantineStore
 
 ScanFn = Callable[[bytes], Verdict]
 
 TEMPORARY_FAILURE = "451 4.3.0 Error: internal error, please try again later"
+QUARANTINE_FAILURE = "451 4.3.0 Error: cannot hold the message for review, please try again later"
 MAX_SUBJECT = 200
 
 
@@ -50,6 +52,7 @@ class Runtime:
     forwarder: Forwarder
     audit: AuditLog
     scan: ScanFn = clean_scan
+    quarantine: QuarantineStore | None = None
 
 
 class RelaySession(Session):
@@ -217,9 +220,60 @@ class RelayHandler:
             action=decision.action.value,
             would_action=decision.would_action.value if decision.would_action else None,
         )
-        if decision.action is not Action.FORWARD:
-            # Fail closed until the quarantine/reject/tag paths exist: the client retries.
-            return "451 4.3.0 Error: action not available, please try again later"
+        if decision.action is Action.REJECT:
+            assert decision.reason is not None
+            return reject_reply(decision.reason)
+        if decision.action is Action.QUARANTINE:
+            return await self._quarantine(runtime, envelope, data, queue_id, record, verdict)
+        if decision.action is Action.TAG:
+            data = tagged(data, verdict)
+        return await self._forward(runtime, envelope, data, queue_id, record)
+
+    async def _quarantine(
+        self,
+        runtime: Runtime,
+        envelope: Envelope,
+        data: bytes,
+        queue_id: str,
+        record: dict[str, Any],
+        verdict: Verdict,
+    ) -> str:
+        """Hold the message for review; 250 only once it and its metadata are on disk."""
+        meta = {
+            key: record[key]
+            for key in (
+                "session_id",
+                "client",
+                "auth_user",
+                "mail_from",
+                "rcpt_to",
+                "message_id",
+                "subject",
+                "size",
+                "verdict",
+                "categories",
+                "rules_version",
+            )
+        }
+        meta["mail_options"] = list(envelope.mail_options)
+        meta["hits"] = [{**hit.as_report(), "description": hit.description} for hit in verdict.hits]
+        try:
+            if runtime.quarantine is None:
+                raise QuarantineError("no quarantine store configured")
+            await runtime.quarantine.hold(queue_id, data, meta)
+        except QuarantineError as exc:
+            record["error"] = str(exc)
+            return QUARANTINE_FAILURE
+        return f"250 2.0.0 queued as {queue_id}"
+
+    async def _forward(
+        self,
+        runtime: Runtime,
+        envelope: Envelope,
+        data: bytes,
+        queue_id: str,
+        record: dict[str, Any],
+    ) -> str:
         assert envelope.mail_from is not None
         try:
             delivery = await runtime.forwarder.deliver(

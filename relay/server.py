@@ -24,13 +24,14 @@ from aiosmtpd.smtp import SMTP
 
 from relay import audit as events
 from relay.audit import AuditLog
-from relay.config import Config, bundled_rules_path, load_config
-from relay.engine import load_rules
+from relay.config import Config, load_config
+from relay.engine import load_configured_rules
 from relay.errors import ConfigError, RelayError
 from relay.extract import extract
 from relay.forwarder import MaildirForwarder, close_idle_connections, make_forwarder
 from relay.handler import RelayHandler, RelaySession, Runtime, ScanFn, clean_scan
 from relay.model import Verdict
+from relay.quarantine import QuarantineStore
 from relay.smtpdata import FastDataMixin
 
 IDENT = "outbox-relay ESMTP"
@@ -72,8 +73,7 @@ def rules_scanner(config: Config) -> ScanFn:
     The returned callable is pure and thread-safe (the handler runs it off the event loop):
     extraction, then every rule against every part.
     """
-    paths = list(config.rules.paths)
-    ruleset = load_rules(paths, name="bundled" if paths == [bundled_rules_path()] else None)
+    ruleset = load_configured_rules(config.rules.paths)
 
     def scan(data: bytes) -> Verdict:
         return ruleset.evaluate(extract(data))
@@ -203,8 +203,23 @@ class RelayServer:
                     f"cannot create the Maildir: {exc.strerror}", key_path="upstream.maildir"
                 ) from exc
         return Runtime(
-            config=config, forwarder=forwarder, audit=audit, scan=self.make_scanner(config)
+            config=config,
+            forwarder=forwarder,
+            audit=audit,
+            scan=self.make_scanner(config),
+            quarantine=self._build_quarantine(config),
         )
+
+    def _build_quarantine(self, config: Config) -> QuarantineStore:
+        """The quarantine store, its folders created now so a bad path stops start or reload."""
+        store = QuarantineStore(config.quarantine.path, hostname=self.hostname)
+        try:
+            store.ensure_folders()
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot create the quarantine Maildir: {exc.strerror}", key_path="quarantine.path"
+            ) from exc
+        return store
 
     @staticmethod
     def _open_audit(config: Config) -> AuditLog:
