@@ -81,8 +81,11 @@ class RelaySession(Session):
 
 def header_summary(data: bytes) -> tuple[str | None, str | None]:
     """Message-ID and Subject (decoded, one line, truncated) for the audit line."""
+    # The header parser would decode (copy) the whole body too; it only needs the headers.
+    ends = [i for i in (data.find(b"\r\n\r\n"), data.find(b"\n\n")) if i >= 0]
+    head = data[: min(ends) + 1] if ends else data
     try:
-        headers = email.parser.BytesHeaderParser(policy=email.policy.default).parsebytes(data)
+        headers = email.parser.BytesHeaderParser(policy=email.policy.default).parsebytes(head)
         message_id, subject = headers.get("message-id"), headers.get("subject")
     except Exception:  # a broken header must not cost the message its audit line
         return None, None

@@ -10,6 +10,7 @@ import pytest
 
 from relay import audit as audit_module
 from relay.audit import AuditLog
+from relay.handler import header_summary
 from tests.conftest import StartRelay, WriteConfig
 from tests.support import MESSAGE, VIOLATION, RunningRelay, Sink
 
@@ -128,6 +129,24 @@ async def test_monitor_mode_records_would_action(
 
     [line] = await relay.messages()
     assert (line["action"], line["would_action"]) == ("forward", "forward")
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (b"Subject: a\r\n b\r\nMessage-ID: <x@y>\r\n\r\nSubject: not me\r\n", ("<x@y>", "a b")),
+        (b"Subject: headers only\r\n", (None, "headers only")),
+        (b"Subject: bare LF\nMessage-Id: <q@r>\n\nbody\n", ("<q@r>", "bare LF")),
+        (b"\r\nSubject: in the body\r\n", (None, None)),
+        (b"", (None, None)),
+        (b"Subject: =?utf-8?b?w7xiZXI=?=\r\n\r\n" + b"x" * 100_000, (None, "\u00fcber")),
+    ],
+    ids=["folded", "no-body", "bare-lf", "no-headers", "empty", "encoded-word"],
+)
+def test_header_summary_reads_only_the_header_block(
+    data: bytes, expected: tuple[str | None, str | None]
+) -> None:
+    assert header_summary(data) == expected
 
 
 def read_lines(path: Path) -> list[dict[str, object]]:
