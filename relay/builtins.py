@@ -112,9 +112,9 @@ _TRAILING = ".,;:!?'\"”’"
 def find_urls(norm: Normalized) -> list[tuple[int, int]]:
     """Links and bare domains (`our-shop.com/help`) that do not point to Amazon."""
     text = norm.text
+    found = _spelled_domains(text)
     if "." not in text:
-        return []
-    found: list[tuple[int, int]] = []
+        return found
     taken_until = -1
     for match in _SCHEME_RE.finditer(text):
         start, end = match.start(), match.end()
@@ -152,6 +152,26 @@ def find_urls(norm: Normalized) -> list[tuple[int, int]]:
         found.append((start, end))
         taken_until = end
     found.sort()
+    return found
+
+
+_SPELLED_DOT = r"(?:[ \t]+dot[ \t]+|[ \t]*[\[({](?:dot|punkt|point|punto)[\])}][ \t]*)"
+_SPELLED_DOMAIN_RE = re.compile(
+    rf"(?<![a-z0-9-])[a-z0-9][a-z0-9-]{{1,62}}(?:{_SPELLED_DOT}[a-z0-9][a-z0-9-]{{0,62}}){{1,3}}"
+    r"(?![a-z0-9-])"
+)
+
+
+def _spelled_domains(text: str) -> list[tuple[int, int]]:
+    """`our-shop dot com`, `shop [dot] co [dot] uk`: a domain spelled out to slip through."""
+    if " dot " not in text and "dot]" not in text and "dot)" not in text and "t]" not in text:
+        return []
+    found = []
+    for match in _SPELLED_DOMAIN_RE.finditer(text):
+        labels = re.split(_SPELLED_DOT, match.group())
+        domain = ".".join(labels)
+        if labels[-1] in _TLDS and not is_amazon_domain(domain) and not is_carrier_domain(domain):
+            found.append(match.span())
     return found
 
 

@@ -329,6 +329,52 @@ def _fold_chars(text: str) -> tuple[str, OffsetMap | None]:
     return out.text(), out.map
 
 
+_PURE_FOLDABLE_RE = re.compile(f"(?<![{LETTER}])[{FOLDABLE}]+(?![{LETTER}])")
+_LATIN_LETTER_RE = re.compile(f"[{LATIN}]")
+_FOLDS = frozenset(chr(c) for c in _CONFUSABLES)
+
+
+def _fold_lookalike_words(text: str) -> str:
+    """Folds a word made only of look-alikes (`оn`, `аt`) when the words around it are Latin.
+
+    A Russian or Greek word among Russian or Greek words stays as it is; a lone "Cyrillic"
+    word in the middle of an English sentence is an evasion.
+    """
+    if not _FOLDABLE_RE.search(text):
+        return text
+    pieces: list[str] = []
+    pos = 0
+    for match in _PURE_FOLDABLE_RE.finditer(text):
+        word = match.group()
+        if not _FOLDS.issuperset(word):
+            continue
+        before = _neighbour_letter(text, match.start(), -1)
+        after = _neighbour_letter(text, match.end(), 1)
+        sides = [c for c in (before, after) if c is not None]
+        if len(sides) < (1 if len(word) <= 3 else 2):
+            continue  # at the edge of the text only a short word ("оn", "а") is folded
+        if all(_LATIN_LETTER_RE.match(c) for c in sides):
+            pieces.append(text[pos : match.start()])
+            pieces.append(word.translate(_CONFUSABLES))
+            pos = match.end()
+    if not pieces:
+        return text
+    pieces.append(text[pos:])
+    return "".join(pieces)
+
+
+def _neighbour_letter(text: str, pos: int, step: int) -> str | None:
+    """The nearest letter before (`step` -1) or after (1) `pos` within a few characters."""
+    index = pos - 1 if step < 0 else pos
+    for _ in range(4):
+        if not 0 <= index < len(text):
+            return None
+        if _is_letter(text[index]):
+            return text[index]
+        index += step
+    return None
+
+
 def _fold_lookalikes(text: str, *, cased: bool = False) -> str:
     """Folds Cyrillic/Greek/Armenian look-alikes to Latin inside mixed-script words only.
 
@@ -492,7 +538,7 @@ def excerpt(source: str, start: int, end: int, *, width: int = 100) -> str:
 def normalize(text: str) -> Normalized:
     """Normalizes `text` for matching; linear in its length."""
     folded, char_map = _fold_chars(_fold_lookalikes(text, cased=True))
-    folded = _fold_lookalikes(folded)
+    folded = _fold_lookalike_words(_fold_lookalikes(folded))
     rated, rating_map = _rewrite_ratings(folded)
     maps = tuple(m for m in (char_map, rating_map) if m is not None)
     bare = rated if rated.isascii() else strip_accents(rated)

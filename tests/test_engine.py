@@ -477,6 +477,10 @@ def test_emails(text: str, expected: str | None) -> None:
         ("version 2.0 and manual.pdf", None),
         ("mail me at a@b-shop.de", None),  # an e-mail address, not a link
         ("price 12.99 de", None),
+        ("details at garagegear dot co dot uk slash register", "garagegear dot co dot uk"),
+        ("see shop [dot] de", "shop [dot] de"),
+        ("en este punto es necesario", None),
+        ("we dot the i's", None),
     ],
 )
 def test_urls(text: str, expected: str | None) -> None:

@@ -38,6 +38,12 @@ def test_folds(written: str, read: str) -> None:
         ("ελληνικά", "ελληνικά"),  # Greek stays Greek
         ("レビュー", "レビュー"),
         ("Москва rеviеw", "москва review"),
+        ("ΝΕW Υes Μoss", "new yes moss"),  # capitals fold by shape: Greek Ν is N
+        ("ναlue", "value"),  # while small ν is v
+        ("Clιϲk", "click"),  # lunate sigma
+        ("leave а review оn it", "leave a review on it"),  # look-alike-only words among Latin
+        ("Москва и Россия", "москва и россия"),  # ... but not among Russian
+        ("the word сор here", "the word cop here"),
     ],
 )
 def test_lookalikes_fold_only_in_mixed_words(written: str, read: str) -> None:
