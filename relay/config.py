@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import enum
 import ipaddress
 import os
 import re
@@ -245,7 +246,7 @@ def choice(*options: str) -> Check:
     return check
 
 
-E = TypeVar("E", Action, Category, Severity)
+E = TypeVar("E", bound=enum.Enum)  # any enum: Action, Category, Severity, ...
 
 
 def enum_value(enum_cls: type[E]) -> Callable[[Any, Context], E]:
