@@ -9,15 +9,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import getpass
 import json
 import os
+import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from relay import __version__
-from relay.config import describe, load_config
+from relay.audit import AuditLog
+from relay.config import Config, describe, load_config
 from relay.engine import (
     ExampleFailure,
     RuleSet,
@@ -25,8 +30,18 @@ from relay.engine import (
     load_configured_rules,
     load_rules,
 )
-from relay.errors import ConfigError, RelayError, RuleError
+from relay.errors import ConfigError, QuarantineError, RelayError, RuleError, UpstreamError
 from relay.model import Verdict
+from relay.quarantine import (
+    STATES,
+    Outcome,
+    QuarantineStore,
+    delete,
+    parse_time,
+    purge,
+    release,
+    select,
+)
 
 EX_OK = 0
 EX_USAGE = 64
@@ -264,6 +279,292 @@ def cmd_rules_list(args: argparse.Namespace) -> int:
     return EX_OK
 
 
+# --- quarantine -------------------------------------------------------------------------------
+
+EX_TEMPFAIL = 75
+DEFAULT_CONFIG = "/etc/outbox-relay/relay.yaml"
+
+
+def add_quarantine(subparsers: Subparsers) -> None:
+    parser = subparsers.add_parser(
+        "quarantine",
+        help="list, show, release, delete or purge held messages",
+        description="Review the messages the relay held. Every action that changes the "
+        "quarantine writes an audit line (quarantine.release, .delete, .purge).",
+    )
+    actions = parser.add_subparsers(dest="quarantine_command", required=True, metavar="ACTION")
+
+    def action(name: str, help_text: str, description: str) -> argparse.ArgumentParser:
+        sub: argparse.ArgumentParser = actions.add_parser(
+            name, help=help_text, description=description
+        )
+        sub.add_argument(
+            "--config",
+            metavar="FILE",
+            default=os.environ.get("OUTBOX_RELAY_CONFIG", DEFAULT_CONFIG),
+            help=f"the relay's YAML config (default: $OUTBOX_RELAY_CONFIG or {DEFAULT_CONFIG})",
+        )
+        return sub
+
+    listing = action("list", "list held messages", "A table (or --json) of quarantined mail.")
+    listing.add_argument("--json", action="store_true", help="one JSON array of objects")
+    listing.add_argument("--category", metavar="C", help="only messages with this category")
+    listing.add_argument(
+        "--since", metavar="DATE", type=_since, help="ISO date/time (UTC) or an age like 2h, 7d"
+    )
+    listing.add_argument("--state", choices=STATES, help="only messages in this state")
+    listing.set_defaults(func=cmd_quarantine_list)
+
+    show = action("show", "explain one held message", "Envelope, hits, headers and text.")
+    show.add_argument("id", metavar="ID")
+    show.set_defaults(func=cmd_quarantine_show)
+
+    release_cmd = action(
+        "release",
+        "send a held message on",
+        "Re-send the original bytes with the original envelope through the configured "
+        "upstream. Succeeds only when the upstream accepted it; exit 75 when it is down or "
+        "deferred, 69 when it refused, 65 when the message is not held.",
+    )
+    release_cmd.add_argument("id", metavar="ID")
+    release_cmd.add_argument("--reason", required=True, metavar="TEXT", help="why (recorded)")
+    release_cmd.set_defaults(func=cmd_quarantine_release)
+
+    delete_cmd = action("delete", "discard a held message", "Discard without sending.")
+    delete_cmd.add_argument("id", metavar="ID")
+    delete_cmd.add_argument("--reason", required=True, metavar="TEXT", help="why (recorded)")
+    delete_cmd.set_defaults(func=cmd_quarantine_delete)
+
+    purge_cmd = action(
+        "purge",
+        "remove old messages (retention)",
+        "Remove every message, in any state, received longer ago than --older-than.",
+    )
+    purge_cmd.add_argument(
+        "--older-than", required=True, metavar="AGE", type=_age, help="e.g. 30d, 12h, 2w"
+    )
+    purge_cmd.set_defaults(func=cmd_quarantine_purge)
+
+
+_AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def _age(text: str) -> timedelta:
+    match = re.fullmatch(r"\s*(\d+)\s*([smhdw])\s*", text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"not an age like 30d, 12h or 2w: {text!r}")
+    return timedelta(seconds=int(match.group(1)) * _AGE_UNITS[match.group(2)])
+
+
+def _since(text: str) -> datetime:
+    with contextlib.suppress(argparse.ArgumentTypeError):
+        return datetime.now(UTC) - _age(text)
+    try:
+        return parse_time(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not a date (2026-11-01, 2026-11-01T08:00) or an age (7d): {text!r}"
+        ) from None
+
+
+def operator_name() -> str:
+    """The person acting: the sudo caller if any, else the login name."""
+    return os.environ.get("SUDO_USER") or getpass.getuser()
+
+
+def _store(config: Config) -> QuarantineStore:
+    return QuarantineStore(config.quarantine.path)
+
+
+def _quarantine_failure(exc: QuarantineError, code: int = EX_DATAERR) -> int:
+    print(f"outbox-relay: {exc}", file=sys.stderr)
+    return code
+
+
+def cmd_quarantine_list(args: argparse.Namespace) -> int:
+    entries = select(
+        _store(load_config(args.config)).entries(),
+        state=args.state,
+        category=args.category,
+        since=args.since,
+    )
+    if args.json:
+        print(json.dumps([entry.summary() for entry in entries], ensure_ascii=False, indent=1))
+        return EX_OK
+    rows = [
+        (
+            e.id,
+            e.received.strftime("%Y-%m-%d %H:%M:%S"),
+            e.state,
+            e.mail_from or "<>",
+            ", ".join(e.rcpt_to),
+            str(e.meta.get("subject") or ""),
+            ", ".join(e.categories),
+        )
+        for e in entries
+    ]
+    header = ("ID", "RECEIVED (UTC)", "STATE", "FROM", "TO", "SUBJECT", "CATEGORIES")
+    print(_table(header, rows, limits=(None, None, None, 32, 40, 40, None)))
+    print(f"{len(rows)} message{'s' if len(rows) != 1 else ''}")
+    return EX_OK
+
+
+def _table(
+    header: Sequence[str], rows: Sequence[Sequence[str]], limits: Sequence[int | None]
+) -> str:
+    def cut(text: str, limit: int | None) -> str:
+        return text if limit is None or len(text) <= limit else text[: limit - 1] + "…"
+
+    cells = [[cut(c, lim) for c, lim in zip(row, limits, strict=True)] for row in rows]
+    widths = [max(len(r[i]) for r in [list(header), *cells]) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+        for row in [list(header), *cells]
+    )
+
+
+def cmd_quarantine_show(args: argparse.Namespace) -> int:
+    from relay.extract import extract
+
+    store = _store(load_config(args.config))
+    try:
+        entry = store.get(args.id)
+    except QuarantineError as exc:
+        return _quarantine_failure(exc)
+    meta = entry.meta
+    lines = [
+        f"ID:          {entry.id}",
+        f"State:       {entry.state}",
+        f"Received:    {meta['received']} from {meta.get('client')}"
+        + (f" (AUTH {meta['auth_user']})" if meta.get("auth_user") else ""),
+        f"MAIL FROM:   <{entry.mail_from}>",
+        *(f"RCPT TO:     <{rcpt}>" for rcpt in entry.rcpt_to),
+        f"Categories:  {', '.join(entry.categories)}",
+        f"Rules:       {meta.get('rules_version')}",
+    ]
+    for event in meta.get("history", []):
+        lines.append(
+            f"History:     {event.get('at')} {event.get('action')} by {event.get('operator')}: "
+            f"{event.get('reason')}"
+            + (f" (upstream: {event['upstream_reply']})" if event.get("upstream_reply") else "")
+        )
+    lines.append("")
+    lines.append(f"Why it was held ({len(meta.get('hits', []))} hits):")
+    for hit in meta.get("hits", []):
+        lines.append(f"  [{hit['severity']}] {hit['category']}: {hit['rule']} in {hit['part']}")
+        if hit.get("description"):
+            lines.append(f"      rule:         {hit['description']}")
+        lines.append(f"      seller wrote: {hit['excerpt']}")
+        if hit.get("hint"):
+            lines.append(f"      instead:      {hit['hint']}")
+    try:
+        data = store.read_message(entry)
+    except QuarantineError as exc:
+        lines += ["", f"(message not available: {exc})"]
+        print("\n".join(lines))
+        return EX_OK
+    head = re.split(rb"\r?\n\r?\n", data, maxsplit=1)[0]
+    lines += ["", "Headers:", *("  " + line for line in _text(head).splitlines())]
+    for part in extract(data).parts:
+        lines += ["", f"Text ({part.origin}):", *("  " + line for line in part.text.splitlines())]
+    print("\n".join(lines))
+    return EX_OK
+
+
+def _text(data: bytes) -> str:
+    return data.decode("utf-8", "replace")
+
+
+def _quarantine_audit(config: Config) -> AuditLog:
+    try:
+        return AuditLog(config.audit.path)
+    except OSError as exc:
+        raise ConfigError(f"cannot open: {exc.strerror}", key_path="audit.path") from exc
+
+
+def cmd_quarantine_release(args: argparse.Namespace) -> int:
+    import socket
+
+    from relay.forwarder import close_idle_connections, make_forwarder
+
+    config = load_config(args.config)
+    store = _store(config)
+    audit = _quarantine_audit(config)
+    hostname = config.listen.hostname or socket.getfqdn()
+    forwarder = make_forwarder(config.upstream, local_hostname=hostname)
+
+    async def run() -> Outcome:
+        try:
+            return await release(
+                store,
+                args.id,
+                forwarder=forwarder,
+                audit=audit,
+                reason=args.reason,
+                operator=operator_name(),
+            )
+        finally:
+            await close_idle_connections(forwarder)
+
+    try:
+        outcome = asyncio.run(run())
+    except QuarantineError as exc:
+        return _quarantine_failure(exc)
+    except UpstreamError as exc:
+        print(
+            f"outbox-relay: release of {args.id} failed, it stays held: {exc.code} {exc.text}",
+            file=sys.stderr,
+        )
+        return EX_UNAVAILABLE if exc.permanent else EX_TEMPFAIL
+    finally:
+        audit.close()
+    print(f"released {outcome.entry.id}: upstream replied {outcome.upstream_reply}")
+    for rcpt, reply in (outcome.refused or {}).items():
+        print(f"  refused by the upstream: {rcpt}: {reply}")
+    return EX_OK
+
+
+def cmd_quarantine_delete(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    audit = _quarantine_audit(config)
+    try:
+        delete(_store(config), args.id, audit=audit, reason=args.reason, operator=operator_name())
+    except QuarantineError as exc:
+        return _quarantine_failure(exc)
+    finally:
+        audit.close()
+    print(f"deleted {args.id}")
+    return EX_OK
+
+
+def cmd_quarantine_purge(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    audit = _quarantine_audit(config)
+    age: timedelta = args.older_than
+    try:
+        removed = purge(
+            _store(config),
+            before=datetime.now(UTC) - age,
+            audit=audit,
+            operator=operator_name(),
+            reason=f"retention: older than {_age_text(age)}",
+        )
+    except QuarantineError as exc:
+        return _quarantine_failure(exc, EX_OSERR)
+    finally:
+        audit.close()
+    print(f"purged {len(removed)} message{'s' if len(removed) != 1 else ''}")
+    return EX_OK
+
+
+def _age_text(age: timedelta) -> str:
+    seconds = int(age.total_seconds())
+    for unit in ("w", "d", "h", "m"):
+        if seconds % _AGE_UNITS[unit] == 0 and seconds >= _AGE_UNITS[unit]:
+            return f"{seconds // _AGE_UNITS[unit]}{unit}"
+    return f"{seconds}s"
+
+
 # --- wiring -----------------------------------------------------------------------------------
 
 SUBCOMMANDS: list[Callable[[Subparsers], None]] = [
@@ -271,6 +572,7 @@ SUBCOMMANDS: list[Callable[[Subparsers], None]] = [
     add_check_config,
     add_scan,
     add_rules,
+    add_quarantine,
 ]
 
 

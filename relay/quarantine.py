@@ -34,13 +34,19 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from relay.errors import QuarantineError
+from relay.audit import AuditLog
+from relay.errors import QuarantineError, UpstreamError
+from relay.forwarder import Forwarder
 
 META = ".meta"
 STATE_HELD = "held"
 STATE_RELEASED = "released"
 STATE_DELETED = "deleted"
 STATES = (STATE_HELD, STATE_RELEASED, STATE_DELETED)
+
+EVENT_RELEASE = "quarantine.release"
+EVENT_DELETE = "quarantine.delete"
+EVENT_PURGE = "quarantine.purge"
 
 _ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
@@ -332,3 +338,140 @@ def select(
         and (category is None or category in entry.categories)
         and (since is None or entry.received >= since)
     ]
+
+
+# --- operator actions (the `quarantine` CLI) --------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a release, delete or purge did to one message."""
+
+    entry: Held
+    upstream_reply: str | None = None
+    refused: Mapping[str, str] | None = None
+
+
+def _audit_fields(entry: Held) -> dict[str, Any]:
+    return {
+        "id": entry.id,
+        "mail_from": entry.mail_from,
+        "rcpt_to": entry.rcpt_to,
+        "subject": entry.meta.get("subject"),
+        "categories": entry.categories,
+        "received": entry.meta["received"],
+    }
+
+
+def _must_be_held(entry: Held, doing: str) -> None:
+    if entry.state == STATE_HELD:
+        return
+    last = (entry.meta.get("history") or [{}])[-1]
+    when = f" at {last['at']}" if "at" in last else ""
+    who = f" by {last['operator']}" if "operator" in last else ""
+    raise QuarantineError(f"cannot {doing} {entry.id}: it was already {entry.state}{when}{who}")
+
+
+async def release(
+    store: QuarantineStore,
+    message_id: str,
+    *,
+    forwarder: Forwarder,
+    audit: AuditLog,
+    reason: str,
+    operator: str,
+) -> Outcome:
+    """Send a held message on with its original bytes and envelope; mark it released.
+
+    It counts as released only when the upstream accepted it. A second release, or one of a
+    deleted message, is refused. Every attempt, failed or not, writes a `quarantine.release`
+    audit line with the operator and the reason.
+    """
+    with store.locked():
+        entry = store.get(message_id)
+        fields = {**_audit_fields(entry), "operator": operator, "reason": reason}
+        try:
+            _must_be_held(entry, "release")
+            data = store.read_message(entry)
+            delivery = await forwarder.deliver(
+                entry.mail_from, entry.rcpt_to, data, list(entry.meta.get("mail_options", []))
+            )
+        except UpstreamError as exc:
+            upstream_reply = getattr(exc, "upstream_reply", None)
+            audit.emit(
+                EVENT_RELEASE,
+                **fields,
+                result="failed",
+                error=f"{exc.code} {exc.text}",
+                upstream_reply=upstream_reply,
+            )
+            raise
+        except QuarantineError as exc:
+            audit.emit(EVENT_RELEASE, **fields, result="refused", error=str(exc))
+            raise
+        updated = store.record(
+            entry,
+            STATE_RELEASED,
+            {
+                "action": "release",
+                "operator": operator,
+                "reason": reason,
+                "upstream_reply": delivery.upstream_reply,
+                "refused": dict(delivery.refused),
+            },
+        )
+        store.mark_seen(updated)
+        audit.emit(
+            EVENT_RELEASE,
+            **fields,
+            result="released",
+            upstream_reply=delivery.upstream_reply,
+            refused=dict(delivery.refused),
+        )
+        return Outcome(updated, delivery.upstream_reply, dict(delivery.refused))
+
+
+def delete(
+    store: QuarantineStore, message_id: str, *, audit: AuditLog, reason: str, operator: str
+) -> Outcome:
+    """Discard a held message without sending it; its sidecar stays as the record."""
+    with store.locked():
+        entry = store.get(message_id)
+        fields = {**_audit_fields(entry), "operator": operator, "reason": reason}
+        try:
+            _must_be_held(entry, "delete")
+        except QuarantineError as exc:
+            audit.emit(EVENT_DELETE, **fields, result="refused", error=str(exc))
+            raise
+        store.remove_message(entry)
+        updated = store.record(
+            entry, STATE_DELETED, {"action": "delete", "operator": operator, "reason": reason}
+        )
+        audit.emit(EVENT_DELETE, **fields, result="deleted")
+        return Outcome(updated)
+
+
+def purge(
+    store: QuarantineStore, *, before: datetime, audit: AuditLog, operator: str, reason: str
+) -> list[Outcome]:
+    """Remove every message received before `before`, whatever its state, and its sidecar.
+
+    For retention: one `quarantine.purge` audit line per message removed.
+    """
+    removed: list[Outcome] = []
+    with store.locked():
+        for entry in store.entries():
+            if entry.received >= before:
+                continue
+            store.remove_message(entry)
+            store.remove_sidecar(entry)
+            audit.emit(
+                EVENT_PURGE,
+                **_audit_fields(entry),
+                state=entry.state,
+                operator=operator,
+                reason=reason,
+                result="purged",
+            )
+            removed.append(Outcome(entry))
+    return removed
