@@ -579,7 +579,7 @@ def test_work_grows_linearly_with_message_size(tmp_path: Path) -> None:
     [["Leave", "us"], ["review"], ["レビュー", "お願い"], ["Five", "star"], ["fünf"], ["五つ星"]],
 )
 def test_simple_term_fast_path_agrees_with_full_normalization(words: list[str]) -> None:
-    from relay.engine import _normalized_tokens, _simple_tokens
+    from relay.rulepack import _normalized_tokens, _simple_tokens
 
     fast = _simple_tokens(words)
     assert fast is None or fast == _normalized_tokens(words)
