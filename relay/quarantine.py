@@ -241,6 +241,31 @@ class QuarantineStore:
         found.sort(key=lambda e: (e.received, e.id))
         return found
 
+    def remove_leftovers(self, before: datetime) -> int:
+        """Remove what interrupted writes left behind before `before`; return how many.
+
+        Files in tmp/ and sidecars of held messages whose file never reached new/: neither was
+        acknowledged to a client, so neither is mail anyone is waiting for.
+        """
+        cutoff = before.timestamp()
+        removed = 0
+        candidates: list[Path] = []
+        with contextlib.suppress(FileNotFoundError):
+            candidates += [p for p in (self.path / "tmp").iterdir() if p.is_file()]
+        with contextlib.suppress(FileNotFoundError):
+            candidates += [p for p in (self.path / META).iterdir() if p.name.endswith(".tmp")]
+            for sidecar in (self.path / META).glob("*.json"):
+                with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+                    entry = Held(json.loads(sidecar.read_bytes()))
+                    if entry.state == STATE_HELD and self.message_path(entry) is None:
+                        candidates.append(sidecar)
+        for path in candidates:
+            with contextlib.suppress(OSError):
+                if path.stat().st_mtime < cutoff:
+                    path.unlink()
+                    removed += 1
+        return removed
+
     def message_path(self, entry: Held) -> Path | None:
         """Where the message file is now: new/, or cur/ once a mail client (or release) saw it."""
         candidate = self.path / "new" / entry.file
@@ -456,7 +481,8 @@ def purge(
 ) -> list[Outcome]:
     """Remove every message received before `before`, whatever its state, and its sidecar.
 
-    For retention: one `quarantine.purge` audit line per message removed.
+    For retention: one `quarantine.purge` audit line per message removed. Leftovers of
+    interrupted writes older than `before` go too (see `remove_leftovers`).
     """
     removed: list[Outcome] = []
     with store.locked():
@@ -474,4 +500,5 @@ def purge(
                 result="purged",
             )
             removed.append(Outcome(entry))
+        store.remove_leftovers(before)
     return removed

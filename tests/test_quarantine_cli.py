@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -234,6 +235,13 @@ async def test_purge_removes_only_old_messages_and_logs_each(
     meta["received"] = "2026-01-01T00:00:00.000000Z"
     sidecar.write_text(json.dumps(meta))
 
+    # Leftovers of a write interrupted long ago: a file in tmp/, a sidecar without message.
+    stale = [qdir / "tmp" / "1.M1P1QGONE.host", qdir / ".meta" / "GONE.json"]
+    stale[0].write_bytes(b"half a mess")
+    stale[1].write_text(json.dumps({**meta, "id": "GONE", "file": "1.M1P1QGONE.host"}))
+    for path in stale:
+        os.utime(path, (1_700_000_000, 1_700_000_000))
+
     run = await cli(capsys, relay, "purge", "--older-than", "30d")
 
     assert (run.code, run.out.strip()) == (0, "purged 1 message")
@@ -241,6 +249,8 @@ async def test_purge_removes_only_old_messages_and_logs_each(
         recent
     ]
     assert not sidecar.exists() and len(list((qdir / "new").iterdir())) == 1
+    assert not any(path.exists() for path in stale)
+    assert len(list((qdir / ".meta").glob("*.json"))) == 1
     [event] = quarantine_events(relay, "quarantine.purge")
     assert (event["id"], event["state"], event["reason"]) == (
         old,
