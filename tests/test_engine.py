@@ -611,3 +611,27 @@ def test_bundled_rules_are_found_inside_an_installed_package(tmp_path: Path) -> 
     path, version, count = result.stdout.split()
     assert path == str(installed / "_bundled_rules")
     assert version.startswith("bundled@") and count == "1"
+
+
+def test_dense_and_sparse_placement_agree(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Many candidates are placed in one pass, few segment by segment: same verdicts."""
+    from relay.engine import _Part, load_bundled_rules
+
+    ruleset = load_bundled_rules()
+    texts = [
+        "Hi Sam,\n\nif you are happy, please leave us a 5-star review! If not, contact us "
+        "first at help@our-shop.example.\n\nThanks, your team",
+        "Bitte bewerten Sie uns mit fünf Sternen. Wir erstatten Ihnen den Betrag nach der "
+        "Bewertung. Rufen Sie uns an: 0800 123 456.",
+        "ご満足いただけましたら、★5のレビューをお願いします。レビュー後に返金いたします。",
+        "Your order shipped. " * 40 + "Please change your review to five stars, thank you.",
+    ]
+    scans = [ScanInput(subject="", parts=(Part("text", t),)) for t in texts]
+    modes = {"dense": _Part._place_dense, "sparse": _Part._place_sparse}
+    results = {}
+    for name, place in modes.items():
+        monkeypatch.setattr(_Part, "_place_dense", place)
+        monkeypatch.setattr(_Part, "_place_sparse", place)
+        results[name] = [ruleset.evaluate(scan).hits for scan in scans]
+    assert results["dense"] == results["sparse"]
+    assert all(results["dense"])
