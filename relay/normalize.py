@@ -13,8 +13,9 @@ the original, so a hit's excerpt shows what the seller actually wrote:
 - star ratings (`★★★★☆`, `⭐⭐⭐⭐⭐`, `5*`, `5/5`, `****`) rewritten as the words `N stars`,
   and number words before a star word (`five-star`, `fünf Sterne`, `五つ星`) as digits.
 
-Whitespace is insignificant to matching (terms match words, whatever stands between them), so
-it is not rewritten; sentence and paragraph breaks are found on the normalized text. `bare`
+Whitespace runs collapse to one space, one line break or one blank line (terms match words
+whatever stands between them; blank lines end paragraphs). Sentence and paragraph breaks are
+found on the normalized text. `bare`
 is the normalized text with Latin diacritics removed, character for character, for
 accent-insensitive matching. Everything here is linear in the text size: a fast path handles
 text that `str.lower()` already normalizes, the slow path only touches unusual characters.
@@ -468,6 +469,30 @@ def _rewrite_ratings(text: str) -> tuple[str, OffsetMap | None]:
     return out.text(), out.map
 
 
+_WHITESPACE_RE = re.compile(r"\s(?:\s+|(?<=[^\S \n]))")
+
+
+def _collapse_whitespace(text: str) -> tuple[str, OffsetMap | None]:
+    """Whitespace runs become one space, one line break, or a blank line (a paragraph end)."""
+    out: _Builder | None = None
+    pos = 0
+    for match in _WHITESPACE_RE.finditer(text):
+        run = match.group()
+        breaks = run.count("\n")
+        replacement = "\n\n" if breaks > 1 else "\n" if breaks else " "
+        if replacement == run:
+            continue
+        if out is None:
+            out = _Builder()
+        out.copy(text[pos : match.start()], pos)
+        out.replace(replacement, match.start(), len(run))
+        pos = match.end()
+    if out is None:
+        return text, None
+    out.copy(text[pos:], pos)
+    return out.text(), out.map
+
+
 # --- the result -------------------------------------------------------------------------
 
 
@@ -540,7 +565,8 @@ def normalize(text: str) -> Normalized:
     folded, char_map = _fold_chars(_fold_lookalikes(text, cased=True))
     folded = _fold_lookalike_words(_fold_lookalikes(folded))
     rated, rating_map = _rewrite_ratings(folded)
-    maps = tuple(m for m in (char_map, rating_map) if m is not None)
+    rated, space_map = _collapse_whitespace(rated)
+    maps = tuple(m for m in (char_map, rating_map, space_map) if m is not None)
     bare = rated if rated.isascii() else strip_accents(rated)
     if bare == rated:
         bare = rated  # the same object tells the engine there are no diacritics
