@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from relay.quarantine import QuarantineStore
+from relay.server import rules_scanner
 from tests.conftest import StartRelay, WriteConfig
 from tests.support import MESSAGE, VIOLATION, RunningRelay, Sink, make_message
 
@@ -214,3 +215,54 @@ async def test_reload_moves_the_quarantine_to_the_new_path(
 
     assert len(held_files(tmp_path / "elsewhere")) == 1
     assert held_files(tmp_path / "quarantine") == []
+
+
+MILD_PACK = """\
+language: en
+rules:
+  - id: test.mild-contact
+    category: off-platform-contact
+    severity: {severity}
+    description: Points the buyer to a chat app.
+    hint: Keep the conversation in Buyer-Seller Messaging.
+    all: ["whatsapp"]
+    examples:
+      match: ["Write us on WhatsApp."]
+      no_match: ["Thanks for your order."]
+"""
+
+
+@pytest.mark.parametrize(("severity", "expected"), [("medium", "quarantine"), ("high", "reject")])
+async def test_reject_applies_only_to_hits_severe_enough(
+    write_config: WriteConfig,
+    start_relay: StartRelay,
+    sink: Sink,
+    tmp_path: Path,
+    qdir: Path,
+    severity: str,
+    expected: str,
+) -> None:
+    pack = tmp_path / "pack.yaml"
+    pack.write_text(MILD_PACK.format(severity=severity))
+    relay = await start_relay(
+        write_config(
+            upstream=sink.upstream(),
+            rules={"paths": [str(pack)]},
+            policy={"default_action": "reject"},
+        ),
+        make_scanner=rules_scanner,
+    )
+
+    reply = await relay.send(make_message(body="Questions? Write us on WhatsApp."))
+
+    [line] = await relay.messages()
+    assert line["action"] == expected
+    if expected == "reject":
+        assert reply.line == (
+            "550 5.7.1 Rejected by policy (off-platform-contact): "
+            'Points the buyer to a chat app: "Questions? Write us on WhatsApp."'
+        )
+        assert held_files(qdir) == []
+    else:
+        assert reply.code == 250 and len(held_files(qdir)) == 1
+    assert sink.messages == []
