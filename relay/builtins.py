@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from relay.normalize import LETTER, Normalized
 
-NAMES = ("email", "url", "phone", "rating", "top-rating")
+NAMES = ("email", "url", "phone", "rating", "top-rating", "symbol-rating", "top-symbol-rating")
 
 # --- domains ----------------------------------------------------------------------------
 
@@ -269,6 +269,8 @@ _FINDERS: dict[str, Callable[[Normalized], list[tuple[int, int]]]] = {
     "phone": lambda norm: find_phones(norm.text),
     "rating": lambda norm: find_ratings(norm.text),
     "top-rating": lambda norm: find_ratings(norm.text, minimum=4),
+    "symbol-rating": lambda norm: [(s, e) for s, e, _ in norm.symbol_ratings],
+    "top-symbol-rating": lambda norm: [(s, e) for s, e, n in norm.symbol_ratings if n >= 4],
 }
 
 

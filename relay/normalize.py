@@ -252,6 +252,15 @@ class OffsetMap:
             return self._src[k] + (pos - self._out[k])
         return self._src[k]
 
+    def forward(self, pos: int) -> int:
+        """Output position of source position `pos` (which must not lie inside a replacement)."""
+        k = bisect.bisect_right(self._src, pos) - 1
+        if k < 0:
+            return pos
+        if self._linear[k]:
+            return self._out[k] + min(pos - self._src[k], self._src_len[k])
+        return self._out[k]
+
     def end(self, pos: int) -> int:
         """Source position just after the output character at `pos - 1`."""
         if not self._out:
@@ -438,9 +447,11 @@ def _symbol_rating(written: str) -> str | None:
     return _stars_word(value)
 
 
-def _rewrite_ratings(text: str) -> tuple[str, OffsetMap | None]:
+def _rewrite_ratings(text: str) -> tuple[str, OffsetMap | None, list[tuple[int, int, float]]]:
+    """Ratings as words; also returns where symbol ratings (★★★★★, 5/5) now stand, and N."""
+    symbols: list[tuple[int, int, float]] = []
     if not _RATING_HINT_RE.search(text):
-        return text, None
+        return text, None, symbols
     found: list[tuple[int, int, str]] = []
     for match in _SYMBOL_RATING_RE.finditer(text):
         replacement = _symbol_rating(match.group())
@@ -455,7 +466,7 @@ def _rewrite_ratings(text: str) -> tuple[str, OffsetMap | None]:
             (m.start(), m.end(), NUMBER_WORDS[m.group()]) for m in _JA_NUMBER_RE.finditer(text)
         ]
     if not found:
-        return text, None
+        return text, None, symbols
     found.sort()
     out = _Builder()
     pos = 0
@@ -463,10 +474,13 @@ def _rewrite_ratings(text: str) -> tuple[str, OffsetMap | None]:
         if start < pos:
             continue
         out.copy(text[pos:start], pos)
+        if replacement.endswith(" stars "):
+            value = float(replacement.split()[0])
+            symbols.append((out.length + 1, out.length + len(replacement) - 1, value))
         out.replace(replacement, start, end - start)
         pos = end
     out.copy(text[pos:], pos)
-    return out.text(), out.map
+    return out.text(), out.map, symbols
 
 
 _WHITESPACE_RE = re.compile(r"\s(?:\s+|(?<=[^\S \n]))")
@@ -504,6 +518,8 @@ class Normalized:
     text: str
     bare: str
     maps: tuple[OffsetMap, ...] = ()
+    symbol_ratings: tuple[tuple[int, int, float], ...] = ()
+    """Where ratings written with symbols or digits (★★★★★, ⭐⭐⭐, 5*, 5/5) stand, and N."""
 
     def source_span(self, start: int, end: int) -> tuple[int, int]:
         """The original text's span for the normalized span `[start, end)`."""
@@ -564,13 +580,15 @@ def normalize(text: str) -> Normalized:
     """Normalizes `text` for matching; linear in its length."""
     folded, char_map = _fold_chars(_fold_lookalikes(text, cased=True))
     folded = _fold_lookalike_words(_fold_lookalikes(folded))
-    rated, rating_map = _rewrite_ratings(folded)
+    rated, rating_map, symbols = _rewrite_ratings(folded)
     rated, space_map = _collapse_whitespace(rated)
+    if space_map is not None:
+        symbols = [(space_map.forward(s), space_map.forward(e), n) for s, e, n in symbols]
     maps = tuple(m for m in (char_map, rating_map, space_map) if m is not None)
     bare = rated if rated.isascii() else strip_accents(rated)
     if bare == rated:
         bare = rated  # the same object tells the engine there are no diacritics
-    return Normalized(source=text, text=rated, bare=bare, maps=maps)
+    return Normalized(source=text, text=rated, bare=bare, maps=maps, symbol_ratings=tuple(symbols))
 
 
 def tokens(text: str) -> Iterator[re.Match[str]]:

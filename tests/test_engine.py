@@ -522,6 +522,29 @@ def test_ratings(tmp_path: Path, text: str, rating: bool, top: bool) -> None:
     assert matches(top_rating, f"please {text} today") is top
 
 
+@pytest.mark.parametrize(
+    ("text", "symbol", "top"),
+    [
+        ("★★★★★ for us?", True, True),
+        ("⭐⭐⭐ would be fine", True, False),
+        ("Rate us 5/5", True, True),
+        ("give  us   5* please", True, True),
+        ("*****", True, True),
+        ("rated 5 stars by thousands", False, False),  # words, not symbols
+        ("Five stars for effort", False, False),
+        ("a five-star hotel", False, False),
+    ],
+)
+def test_symbol_ratings(tmp_path: Path, text: str, symbol: bool, top: bool) -> None:
+    any_symbol = rule_pack(tmp_path, 'all: ["@builtin.symbol-rating"]')
+    assert matches(any_symbol, text) is symbol
+    top_symbol = rule_pack(tmp_path, 'all: ["@builtin.top-symbol-rating"]')
+    assert matches(top_symbol, text) is top
+    if symbol:
+        (excerpt,) = hits(any_symbol, text)
+        assert excerpt == " ".join(text.split())
+
+
 # --- linear time --------------------------------------------------------------------------
 
 
