@@ -684,7 +684,8 @@ def _compile(
     term_lists: Mapping[str, tuple[Term, ...]],
     files: tuple[str, ...],
 ) -> RuleSet:
-    patterns: dict[WordPattern, int] = {}
+    patterns: dict[tuple[str, bool, bool], int] = {}  # plain tuples hash fast
+    pattern_objects: list[WordPattern] = []
     term_ids: dict[Term, int] = {}
     compiled: list[tuple[tuple[int, int], ...]] = []
     builtins_used: set[str] = set()
@@ -697,7 +698,11 @@ def _compile(
         term_ids[term] = len(compiled)
         steps = []
         for index, word in enumerate(term.words):
-            pid = patterns.setdefault(word, len(patterns))
+            key = (word.text, word.prefix, word.cjk)
+            pid = patterns.get(key, -1)
+            if pid < 0:
+                pid = patterns[key] = len(pattern_objects)
+                pattern_objects.append(word)
             steps.append((pid, term.gaps[index - 1] if index else 0))
         compiled.append(tuple(steps))
 
@@ -725,7 +730,7 @@ def _compile(
     for terms in term_lists.values():
         for term in terms:
             add_term(term)
-    pattern_list = tuple(patterns)
+    pattern_list = tuple(pattern_objects)
     return RuleSet(
         rules=rules,
         version=version,
