@@ -139,7 +139,7 @@ class SMTPForwarder:
 
     def _client(self) -> aiosmtplib.SMTP:
         cfg = self.config
-        return aiosmtplib.SMTP(
+        return smtpwire.StreamingSMTP(
             hostname=cfg.host,
             port=cfg.effective_port,
             timeout=cfg.timeout,

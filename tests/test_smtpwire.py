@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 
 import aiosmtplib.protocol as protocol
+import pytest
 
 from relay import smtpwire
+from tests.conftest import StartRelay, WriteConfig
+from tests.support import Sink
 
 
 def reference(message: bytes) -> bytes:
@@ -59,3 +63,86 @@ def test_same_bytes_for_typical_and_edge_messages() -> None:
 def test_crlf_message_is_not_copied_when_nothing_changes() -> None:
     message = b"Subject: x\r\n\r\nno dots here\r\n" * 1000
     assert smtpwire.normalize_message_line_endings(message) is message
+
+
+# --- streaming DATA through a real relay -------------------------------------------------------
+
+
+def big_message(size: int) -> bytes:
+    line = b".a line that needs dot-stuffing, then plain text to fill the line up to 76\r\n"
+    head = b"From: shop@example.com\r\nTo: buyer@example.org\r\nSubject: big\r\n\r\n"
+    return head + line * (size // len(line))
+
+
+async def test_large_message_streams_upstream_byte_identical(
+    sink: Sink, write_config: WriteConfig, start_relay: StartRelay
+) -> None:
+    relay = await start_relay(
+        write_config(upstream=sink.upstream(), limits={"max_message_size": "16MiB"})
+    )
+    data = big_message(6 * 1024 * 1024)
+    reply = await relay.send(data)
+    assert reply.code == 250, reply
+    assert sink.messages[0].data == data
+
+
+class StallingServer:
+    """An upstream that answers DATA with 354 and then stops reading (or hangs up)."""
+
+    def __init__(self, hang_up: bool) -> None:
+        self.hang_up = hang_up
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._writers: list[asyncio.StreamWriter] = []
+
+    async def start(self) -> StallingServer:
+        async def talk(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            self._writers.append(writer)
+            writer.write(b"220 stall.test ESMTP\r\n")
+            while line := await reader.readline():
+                verb = line[:4].upper()
+                if verb == b"EHLO":
+                    writer.write(b"250-stall.test\r\n250 8BITMIME\r\n")
+                elif verb == b"DATA":
+                    writer.write(b"354 go ahead\r\n")
+                    await writer.drain()
+                    await reader.read(1000)
+                    if self.hang_up:
+                        writer.close()
+                    return  # stop reading: the client's writes back up
+                else:
+                    writer.write(b"250 ok\r\n")
+
+        self._server = await asyncio.start_server(talk, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def stop(self) -> None:
+        for writer in self._writers:
+            writer.close()
+        if self._server is not None:
+            self._server.close()
+
+
+@pytest.mark.parametrize(
+    ("hang_up", "expected"),
+    [(False, "4.4.1 upstream timed out"), (True, "4.4.1 upstream connection lost")],
+    ids=["stops-reading", "hangs-up"],
+)
+async def test_upstream_that_stalls_mid_data_gives_451(
+    write_config: WriteConfig, start_relay: StartRelay, hang_up: bool, expected: str
+) -> None:
+    upstream = await StallingServer(hang_up).start()
+    try:
+        config = write_config(
+            upstream={"host": "127.0.0.1", "port": upstream.port, "tls": "none", "timeout": 1},
+            limits={"max_message_size": "64MiB"},
+        )
+        relay = await start_relay(config)
+        # Far more than loopback socket buffers hold, so the relay must wait to write.
+        reply = await relay.send(big_message(24 * 1024 * 1024))
+        assert (reply.code, reply.text) == (451, expected), reply
+        (event,) = await relay.messages()
+        assert event["reply"].startswith("451 4.4.1")
+    finally:
+        await upstream.stop()
