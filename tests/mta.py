@@ -387,6 +387,19 @@ class PostfixInstance:
         """Drop every queued message (`postsuper -d ALL`)."""
         self._run(POSTSUPER, "-d", "ALL")
 
+    def wait_deferred(self, timeout: float = 20) -> list[dict[str, Any]]:
+        """Wait until the queue holds exactly one message that a delivery attempt deferred.
+
+        With one-second backoffs Postfix moves such a message deferred -> incoming -> active
+        -> deferred every second or so, so the proof is a delay reason on every recipient,
+        whichever of those queues it sits in at the moment; bounced mail leaves the queue.
+        """
+        return self.wait_queue(
+            lambda q: len(q) == 1 and all(r.get("delay_reason") for r in q[0]["recipients"]),
+            timeout,
+            "one deferred message",
+        )
+
     def wait_queue(
         self, predicate: Callable[[list[dict[str, Any]]], bool], timeout: float, what: str
     ) -> list[dict[str, Any]]:

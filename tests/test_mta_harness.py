@@ -52,9 +52,7 @@ def test_private_postfix_relays_defers_and_retries() -> None:
             sink.stop()
             with smtplib.SMTP(LOOPBACK, mta.port) as client:
                 client.sendmail("support@shop.example", ["buyer@marketplace.example"], MESSAGE)
-            queue = mta.wait_queue(
-                lambda q: len(q) == 1 and q[0]["queue_name"] == "deferred", 20, "deferral"
-            )
+            queue = mta.wait_deferred()
             assert queue[0]["recipients"][0]["address"] == "buyer@marketplace.example"
             sink.start()
             mta.flush()

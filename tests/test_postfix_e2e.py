@@ -238,9 +238,7 @@ def test_content_filter_relay_down_mail_waits_deferred_then_delivers(
     content_filter.relay.stop()
     send(content_filter.mta.port)
     # Postfix accepted it (250) and keeps it: deferred because the filter is unreachable.
-    queue = content_filter.mta.wait_queue(
-        lambda q: len(q) == 1 and q[0]["queue_name"] == "deferred", 20, "a deferred message"
-    )
+    queue = content_filter.mta.wait_deferred()
     reasons = [r.get("delay_reason", "") for r in queue[0]["recipients"]]
     assert all(f":{content_filter.relay.port}" in r for r in reasons), reasons
     # Let Postfix retry a few times against the dead relay: still deferred, never bounced.
@@ -252,9 +250,7 @@ def test_content_filter_relay_down_mail_waits_deferred_then_delivers(
     )
     assert content_filter.sink.received() == []
     assert "status=bounced" not in content_filter.mta.log()
-    content_filter.mta.wait_queue(
-        lambda q: len(q) == 1 and q[0]["queue_name"] == "deferred", 20, "still deferred"
-    )
+    content_filter.mta.wait_deferred()
 
     content_filter.relay.start()
     content_filter.mta.flush()
@@ -271,9 +267,7 @@ def test_content_filter_smarthost_down_nothing_lost(content_filter: Chain) -> No
     wait_until(lambda: len(content_filter.messages()) == 1, 20, "the relay's audit line")
     (event,) = content_filter.messages()
     assert event["action"] == "forward" and event["upstream_reply"].startswith("250")
-    queue = content_filter.mta.wait_queue(
-        lambda q: len(q) == 1 and q[0]["queue_name"] == "deferred", 20, "a deferred message"
-    )
+    queue = content_filter.mta.wait_deferred()
     reasons = [r.get("delay_reason", "") for r in queue[0]["recipients"]]
     assert all(f":{content_filter.sink.port}" in r for r in reasons), reasons
     assert "status=bounced" not in content_filter.mta.log()
@@ -303,9 +297,7 @@ def test_smarthost_delivers_clean_mail_byte_identical(smarthost: Chain, tmp_path
 def test_smarthost_final_smarthost_down_nothing_lost(smarthost: Chain) -> None:
     smarthost.sink.stop()
     send(smarthost.relay.port)
-    queue = smarthost.mta.wait_queue(
-        lambda q: len(q) == 1 and q[0]["queue_name"] == "deferred", 20, "a deferred message"
-    )
+    queue = smarthost.mta.wait_deferred()
     assert sorted(r["address"] for r in queue[0]["recipients"]) == sorted(RECIPIENTS)
     assert "status=bounced" not in smarthost.mta.log()
 
