@@ -322,3 +322,35 @@ def test_smarthost_postfix_down_client_keeps_the_message(smarthost: Chain) -> No
     assert codes and all(400 <= code < 500 for code in codes), codes
     assert all(event["reply"].startswith("4") for event in smarthost.messages())
     assert smarthost.sink.received() == []
+
+
+# --- a violating message is held in either position --------------------------------------------
+
+
+def assert_quarantined_only(chain: Chain, client_port: int) -> None:
+    """VIOLATING goes to the quarantine Maildir; only the clean message after it is delivered."""
+    send(client_port, VIOLATING, RECIPIENTS[:1])
+    send(client_port, CLEAN)
+    # The clean message sent afterwards arrives; by then the violating one would have too.
+    assert_delivered_intact(chain)
+    chain.mta.wait_queue(lambda q: q == [], 10, "an empty Postfix queue")
+    assert all(b"5-star" not in data for _, _, data in chain.sink.received())
+
+    held = [e for e in chain.messages() if e["action"] == "quarantine"]
+    assert len(held) == 1, chain.messages()
+    assert held[0]["verdict"] != "clean" and "positive-review-request" in held[0]["categories"]
+    assert held[0]["reply"].startswith("250")
+    files = sorted((chain.quarantine / "new").iterdir())
+    assert len(files) == 1, files
+    _, rest = strip_trace(files[0].read_bytes())
+    assert rest == VIOLATING
+
+
+def test_content_filter_quarantines_violating_mail(content_filter: Chain) -> None:
+    assert_quarantined_only(content_filter, content_filter.mta.port)
+    # Postfix handed it over and is done with it: delivered to the filter, not bounced.
+    assert "status=bounced" not in content_filter.mta.log()
+
+
+def test_smarthost_quarantines_violating_mail(smarthost: Chain) -> None:
+    assert_quarantined_only(smarthost, smarthost.relay.port)
