@@ -187,7 +187,9 @@ def _looks_written_as_domain(norm: Normalized, start: int, dot: int) -> bool:
 
 _SEP = r" \t\-./()\u2010-\u2015\u2212\u30fc"
 _PHONE_RE = re.compile(
-    r"[+(0-9](?<![0-9a-z#/.,:+\-_@].)(?:(?<=\+)[ \t]?\(?[0-9]|(?<=\()[0-9]|(?<=[0-9]))"
+    # A colon before the number is allowed after a word ("tel:", "TEL：") but not after a digit
+    # (a time such as 10:30).
+    r"[+(0-9](?<![0-9a-z#/.,+\-_@].)(?<![0-9]:.)(?:(?<=\+)[ \t]?\(?[0-9]|(?<=\()[0-9]|(?<=[0-9]))"
     rf"[0-9{_SEP}]{{4,24}}[0-9](?![0-9a-z])"
 )
 _DATE_RE = re.compile(r"[0-9]{1,4}([./-])[0-9]{1,2}\1[0-9]{1,4}")
@@ -219,9 +221,10 @@ def is_phone_number(candidate: str) -> bool:
         return 9 <= count <= 12 and (len(groups) > 1 or count >= 10)
     if sizes == [3, 3, 4] or (sizes == [1, 3, 3, 4] and digits.startswith("1")):
         return True
-    if count == 9 and digits[0] in "6789" and sizes in ([3, 3, 3], [3, 2, 2, 2]):
-        return True  # Spanish numbers have no trunk prefix
-    return count == 10 and digits[0] == "3" and sizes in ([3, 7], [3, 3, 4], [3, 4, 3])
+    if count == 9 and digits[0] in "6789" and sizes in ([3, 3, 3], [3, 2, 2, 2], [2, 3, 2, 2]):
+        return True  # Spanish numbers have no trunk prefix: 612 345 678, 91 765 43 21
+    italian_mobile = ([3, 7], [3, 3, 4], [3, 4, 3], [3, 2, 2, 3], [3, 3, 2, 2])
+    return count == 10 and digits[0] == "3" and sizes in italian_mobile
 
 
 def find_phones(text: str) -> list[tuple[int, int]]:

@@ -179,7 +179,9 @@ _STAR_WORD = r"(?:star|stern|étoile|etoile|estrell|stell)"
 # few places where a rating can begin instead of trying every position.
 _SYMBOL_RATING_RE = re.compile(
     rf"[0-9{_STARS}*](?:"
-    rf"(?<=[{_STARS}])(?:[ \t]?[{_STARS}])*"
+    # One star symbol then the number, as Japanese sellers write it: ★5, ☆4.5.
+    rf"(?<=[{_STARS}])(?<![{_STARS}].)[ \t]?[1-5](?:[.,][0-9])?(?![0-9]|[ \t]?[{_STARS}])"
+    rf"|(?<=[{_STARS}])(?:[ \t]?[{_STARS}])*"
     r"|(?<=\*)(?<![*\w]\*)\*{2,4}(?![*\w])"
     r"|(?<=[0-9])(?<![0-9a-z*.,/][0-9])(?:(?<=1)0(?=[ \t]?/))?(?:[.,][0-9])?"
     rf"(?:[ \t]?[{_STARS}](?:[ \t]?[{_STARS}])*|\*(?![*0-9a-z])"
@@ -429,6 +431,8 @@ def _stars_word(value: float) -> str:
 def _symbol_rating(written: str) -> str | None:
     """The `N stars` replacement for a symbol or digit rating (None: not a rating after all)."""
     first = written[0]
+    if first in _STARS and written[-1].isdigit():
+        return _stars_word(float(written[1:].strip().replace(",", ".")))
     if first in _STARS:
         filled = sum(1 for c in written if c in _FILLED)
         return _stars_word(filled or sum(1 for c in written if c in _EMPTY))
@@ -447,6 +451,23 @@ def _symbol_rating(written: str) -> str | None:
     return _stars_word(value)
 
 
+_DATE_BEFORE_RE = re.compile(
+    r"(?:\b(?:on|by|until|till|from|el|del|al|le|du|au|il|dal|entro|am|bis|ab|vom|zum)[ \t]+"
+    r"|[0-9][ \t]*[-~〜][ \t]*)$"
+)
+_DATE_AFTER = ("に", "ま", "頃", "ご", "着", "発", "配", "(", "（", "日", "~", "〜", "-")
+
+
+def _is_date(text: str, start: int, end: int) -> bool:
+    """A fraction such as 5/5 that is a day of the month ("on 5/5", "5/5に着"), not a rating."""
+    if "/" not in text[start:end]:
+        return False
+    after = text[end : end + 1]
+    return after.startswith(_DATE_AFTER) or bool(
+        _DATE_BEFORE_RE.search(text, max(0, start - 12), start)
+    )
+
+
 def _rewrite_ratings(text: str) -> tuple[str, OffsetMap | None, list[tuple[int, int, float]]]:
     """Ratings as words; also returns where symbol ratings (★★★★★, 5/5) now stand, and N."""
     symbols: list[tuple[int, int, float]] = []
@@ -455,7 +476,7 @@ def _rewrite_ratings(text: str) -> tuple[str, OffsetMap | None, list[tuple[int, 
     found: list[tuple[int, int, str]] = []
     for match in _SYMBOL_RATING_RE.finditer(text):
         replacement = _symbol_rating(match.group())
-        if replacement is not None:
+        if replacement is not None and not _is_date(text, match.start(), match.end()):
             found.append((match.start(), match.end(), replacement))
     if _STAR_WORD_RE.search(text):
         found += [

@@ -400,6 +400,8 @@ PHONES = [
     "347 123 4567",
     "02 1234 5678",
     "07700 900123",
+    "91 765 43 21",  # Spanish landline
+    "333 12 34 567",  # Italian mobile
 ]
 NOT_PHONES = [
     "114-1234567-1234567",  # Amazon order id
@@ -422,6 +424,7 @@ NOT_PHONES = [
     "1234 5678 9012",
     "v2.3.4.5678",
     "12:30-14:00",
+    "10:30 1234567",
 ]
 
 
@@ -430,6 +433,12 @@ def test_phone_numbers(number: str) -> None:
     text = normalize(f"Call {number} now").text
     found = find_phones(text)
     assert [text[s:e] for s, e in found] == [number.lower()]
+
+
+@pytest.mark.parametrize("label", ["tel:", "TEL：", "Tel.:", "電話："])
+def test_phone_number_right_after_a_label_and_colon(label: str) -> None:
+    text = normalize(f"{label}03-1234-5678").text
+    assert [text[s:e] for s, e in find_phones(text)] == ["03-1234-5678"]
 
 
 @pytest.mark.parametrize("text", NOT_PHONES)

@@ -66,6 +66,8 @@ def test_lookalikes_fold_only_in_mixed_words(written: str, read: str) -> None:
         ("10/10", "5 stars"),
         ("*****", "5 stars"),
         ("5★", "5 stars"),
+        ("★5", "5 stars"),  # the star first, as Japanese sellers write it
+        ("☆4.5", "4.5 stars"),
     ],
 )
 def test_ratings_become_words(written: str, read: str) -> None:
@@ -104,6 +106,10 @@ def test_number_words_before_star_words_become_digits(written: str, read: str) -
         "5 * 3 = 15",
         "one of the stars",
         "24/7 support",
+        "delivered on 5/5",  # a day of the month
+        "llegará el 5/5",
+        "5/5にお届け予定です",
+        "arriva entro il 4/5",
     ],
 )
 def test_not_ratings(text: str) -> None:
