@@ -274,6 +274,18 @@ def host_check(value: Any, ctx: Context) -> str:
     return text
 
 
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def cidr(value: Any, ctx: Context) -> IPNetwork:
+    """A network like `127.0.0.0/8` or `::1/128`; a bare address is a network of one host."""
+    text = string(value, ctx)
+    try:
+        return ipaddress.ip_network(text.strip(), strict=False)
+    except ValueError:
+        ctx.fail(f"must be an IP network like 192.0.2.0/24 or an address, got {text!r}")
+
+
 def list_of(check: Check, *, min_items: int = 0) -> Check:
     def run(value: Any, ctx: Context) -> tuple[Any, ...]:
         if not isinstance(value, list):
@@ -402,6 +414,28 @@ class ListenConfig:
     hostname: str | None = setting(
         None, optional(host_check), "name in the greeting; default: this machine's FQDN"
     )
+    allowed_clients: tuple[IPNetwork, ...] = setting(
+        (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128")),
+        list_of(cidr),
+        "client networks (CIDR) that may connect; others get 554 5.7.1; default: loopback",
+    )
+    bare_line_endings: str = setting(
+        "reject",
+        choice("reject", "normalize"),
+        "a bare CR or LF in DATA: reject (550 5.5.2, blocks smuggling) or normalize to CRLF",
+    )
+
+    def allows(self, address: str | None) -> bool:
+        """True when a client at `address` may connect (unknown peers, e.g. sockets, may not)."""
+        if address is None:
+            return False
+        try:
+            ip = ipaddress.ip_address(address.split("%", 1)[0])
+        except ValueError:
+            return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return any(ip in network for network in self.allowed_clients)
 
 
 UPSTREAM_TLS = ("none", "starttls", "tls")
@@ -494,6 +528,10 @@ class LimitsConfig:
     max_message_size: int = setting(10_240_000, size, "bytes; larger messages get 552 5.3.4")
     max_recipients: int = setting(1000, integer(1), "per message; more get 452 4.5.3")
     shutdown_timeout: float = setting(30.0, seconds, "SIGTERM waits this long for sessions")
+    max_connections: int = setting(100, integer(1), "client sessions at once; more get 421 4.7.0")
+    idle_timeout: float = setting(
+        300.0, seconds, "close a session silent this long between commands (421 4.4.2)"
+    )
 
 
 @dataclass(frozen=True)

@@ -121,6 +121,43 @@ class RelayHandler:
             duration_ms=round((time.monotonic() - session.started) * 1000),
         )
 
+    def session_refused(self, session: RelaySession, reply: str) -> None:
+        """A connection answered with `reply` and closed before its greeting."""
+        self.runtime.audit.emit(
+            events.EVENT_SESSION_REFUSED,
+            session_id=session.session_id,
+            client=session.client,
+            reply=reply,
+        )
+
+    def data_refused(
+        self, session: RelaySession, envelope: Envelope, reply: str, received: int
+    ) -> None:
+        """The message line for a DATA payload the protocol refused before scanning it."""
+        session.messages += 1
+        record: dict[str, Any] = {
+            "session_id": session.session_id,
+            "queue_id": new_id(),
+            "client": session.client,
+            "auth_user": session.auth_user,
+            "mail_from": envelope.mail_from,
+            "rcpt_to": list(envelope.rcpt_tos),
+            "message_id": None,
+            "subject": None,
+            "size": received,
+            "verdict": None,
+            "categories": [],
+            "hits": [],
+            "action": "reject",
+            "would_action": None,
+            "reply": reply,
+            "upstream_reply": None,
+            "refused": {},
+            "duration_ms": 0,
+            "rules_version": None,
+        }
+        self.runtime.audit.emit(events.EVENT_MESSAGE, **record)
+
     # --- aiosmtpd hooks ---
 
     async def handle_MAIL(

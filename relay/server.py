@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
+import re
 import signal
 import socket
 import sys
@@ -36,6 +38,11 @@ from relay.smtpdata import FastDataMixin
 
 IDENT = "outbox-relay ESMTP"
 SHUTDOWN_REPLY = "421 4.3.2 Service shutting down, please try again later"
+REFUSED_CLIENT = "554 5.7.1 Error: this client may not relay through this server"
+TOO_MANY_CONNECTIONS = "421 4.7.0 Error: too many connections, please try again later"
+CONTROL_IN_COMMAND = "501 5.5.2 Error: control character in command"
+CONTROL_CHARACTER = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+IDLE_TIMEOUT = "421 4.4.2 Error: timeout exceeded, closing the connection"
 
 ScannerFactory = Callable[[Config], ScanFn]
 
@@ -45,6 +52,9 @@ REPLY_REWRITES = {
     "552 Error: message size exceeds fixed maximum message size": (
         "552 5.3.4 Error: message exceeds the size limit"
     ),
+    "500 Command line too long": "500 5.5.2 Error: command line too long",
+    "500 Error: bad syntax": "500 5.5.2 Error: bad syntax",
+    "500 Error: strict ASCII mode": "500 5.5.2 Error: non-ASCII command without SMTPUTF8",
 }
 
 
@@ -94,6 +104,24 @@ class RelaySMTP(FastDataMixin, SMTP):
         self.relay_handler = handler
         self.relay = relay
         self.in_data = False
+        self.refusal: str | None = None
+        self.normalize_line_endings = relay.config.listen.bare_line_endings == "normalize"
+        self._smtp_methods = {
+            name: self._refusing_control_characters(method)
+            for name, method in self._smtp_methods.items()
+        }
+
+    def _refusing_control_characters(self, method: Any) -> Any:
+        """Wrap a command: an argument with a NUL, CR or other control character gets 501."""
+
+        @functools.wraps(method)
+        async def guarded(arg: str | None) -> None:
+            if arg is not None and CONTROL_CHARACTER.search(arg):
+                await self.push(CONTROL_IN_COMMAND)
+                return
+            await method(arg)
+
+        return guarded
 
     def _create_session(self) -> RelaySession:
         return RelaySession(self.loop)
@@ -109,8 +137,36 @@ class RelaySMTP(FastDataMixin, SMTP):
             session.started = previous.started
             session.messages = previous.messages
             return
+        refusal = self.relay.admission(session)
+        if refusal is not None:
+            # Answered and closed by _handle_client; never one of the relay's sessions.
+            self.refusal = refusal
+            self.relay_handler.session_refused(session, refusal)
+            return
         self.relay.sessions.add(self)
         self.relay_handler.session_started(session)
+
+    async def _handle_client(self) -> None:
+        if self.refusal is None:
+            await super()._handle_client()
+            return
+        with contextlib.suppress(ConnectionError):
+            await self.push(self.refusal)
+        if self.transport is not None:
+            self.transport.close()
+
+    def _timeout_cb(self) -> None:
+        if self.processing_data:
+            # The client waits for our reply to DATA: that is not the client being idle.
+            self._reset_timeout()
+            return
+        if self.transport is not None:
+            self._writer.write(IDLE_TIMEOUT.encode() + b"\r\n")
+        super()._timeout_cb()  # type: ignore[no-untyped-call]
+
+    def data_refused(self, reply: str, received: int) -> None:
+        assert isinstance(self.session, RelaySession)
+        self.relay_handler.data_refused(self.session, self.envelope, reply, received)
 
     def connection_lost(self, error: Exception | None) -> None:
         super().connection_lost(error)
@@ -236,8 +292,18 @@ class RelayServer:
             hostname=self.hostname,
             ident=IDENT,
             data_size_limit=self.runtime.config.limits.max_message_size,
+            timeout=self.runtime.config.limits.idle_timeout,
             loop=asyncio.get_running_loop(),
         )
+
+    def admission(self, session: RelaySession) -> str | None:
+        """The reply refusing a new connection, or None to let it in."""
+        config = self.runtime.config
+        if not config.listen.allows(session.client):
+            return REFUSED_CLIENT
+        if len(self.sessions) >= config.limits.max_connections:
+            return TOO_MANY_CONNECTIONS
+        return None
 
     # --- lifecycle ---
 

@@ -8,27 +8,49 @@ a message over the size limit, 500 for a line over 1000 octets, the terminator o
 CRLF.CRLF so bare-LF smuggling stays impossible) but reads up to 64 KiB per step into one
 buffer, undoes dot-stuffing with one `bytes.replace`, and stops buffering as soon as a message
 is over the limit while it drains the rest.
+
+It also refuses what aiosmtpd would pass through: a bare CR or LF (the raw material of SMTP
+smuggling: `\n.\n` is an end of DATA to some servers and not to others) gets 550 5.5.2 unless
+the relay is told to normalize such line endings to CRLF, and a NUL byte gets 550 5.6.0.
+Every refusal is reported to `data_refused`, so the relay logs a `message` line for it too.
 """
 
 from __future__ import annotations
 
 import asyncio
 import enum
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from aiosmtpd.smtp import MISSING, syntax
 
+from relay.smtpwire import only_crlf
+
 CHUNK_LIMIT = 64 * 1024
 TERMINATOR = b".\r\n"  # a candidate: the end of DATA only when it starts a line
-LINE_TOO_LONG = "500 Line too long (see RFC5321 4.5.3.1.6)"
-TOO_MUCH_DATA = "552 Error: Too much mail data"
+LINE_TOO_LONG = "500 5.5.2 Error: line too long (RFC 5321 4.5.3.1.6 allows 1000 octets)"
+TOO_MUCH_DATA = "552 5.3.4 Error: message exceeds the size limit"
+BARE_LINE_ENDING = "550 5.5.2 Error: bare CR or LF in message data (RFC 5321 2.3.8)"
+NUL_BYTE = "550 5.6.0 Error: NUL byte in message data"
+_ANY_LINE_ENDING = re.compile(rb"\r\n|\r|\n")
 
 
 class DataState(enum.Enum):
     NOMINAL = "nominal"
     TOO_MUCH = "too much"
     TOO_LONG = "too long"
+    BARE_LINE_ENDING = "bare line ending"
+    NUL_BYTE = "nul byte"
+
+
+REFUSALS = {
+    DataState.TOO_MUCH: TOO_MUCH_DATA,
+    DataState.TOO_LONG: LINE_TOO_LONG,
+    DataState.BARE_LINE_ENDING: BARE_LINE_ENDING,
+    DataState.NUL_BYTE: NUL_BYTE,
+}
 
 
 @dataclass
@@ -37,6 +59,23 @@ class ReceivedData:
 
     content: bytes
     state: DataState
+    received: int = 0  # bytes on the wire, dot-stuffed, without the terminator
+
+
+def normalize_line_endings(data: bytes) -> bytes:
+    """Every bare CR and bare LF becomes CRLF."""
+    return _ANY_LINE_ENDING.sub(b"\r\n", data)
+
+
+def screen(content: bytes, *, normalize: bool) -> tuple[bytes, DataState]:
+    """Refuse NUL bytes, and bare CR or LF unless `normalize` turns them into CRLF."""
+    if b"\0" in content:
+        return b"", DataState.NUL_BYTE
+    if not only_crlf(content):
+        if not normalize:
+            return b"", DataState.BARE_LINE_ENDING
+        content = normalize_line_endings(content)
+    return content, DataState.NOMINAL
 
 
 def unstuff(raw: bytes | bytearray) -> bytes:
@@ -60,11 +99,15 @@ def _longest_line(piece: bytes, carried: int) -> tuple[int, int]:
 
 
 async def read_data(
-    reader: asyncio.StreamReader, size_limit: int | None, line_limit: int
+    reader: asyncio.StreamReader,
+    size_limit: int | None,
+    line_limit: int,
+    progress: Callable[[], None] | None = None,
 ) -> ReceivedData:
     """Read a DATA payload up to and including CRLF.CRLF; raises IncompleteReadError on EOF.
 
-    `size_limit` counts the bytes as received (dot-stuffed), as aiosmtpd does.
+    `size_limit` counts the bytes as received (dot-stuffed), as aiosmtpd does. `progress` is
+    called after every piece read (the server re-arms its idle timer there).
     """
     buffer = bytearray()
     state = DataState.NOMINAL
@@ -84,6 +127,8 @@ async def read_data(
             ended = (before[-2:] if len(before) >= 2 else (tail + before)[-2:]) == b"\r\n"
         payload = piece[:-3] if ended else piece
         received += len(payload)
+        if progress is not None:
+            progress()
         if state is DataState.NOMINAL and payload:
             longest, line_length = _longest_line(payload, line_length)
             if longest > line_limit:
@@ -97,7 +142,7 @@ async def read_data(
         if ended:
             break
         tail = (tail + piece)[-2:]
-    return ReceivedData(unstuff(buffer) if state is DataState.NOMINAL else b"", state)
+    return ReceivedData(unstuff(buffer) if state is DataState.NOMINAL else b"", state, received)
 
 
 class FastDataMixin:
@@ -116,6 +161,12 @@ class FastDataMixin:
     push: Any
     _call_handler_hook: Any
     _set_post_data_state: Any
+    _reset_timeout: Any
+    normalize_line_endings: bool = False
+    processing_data: bool = False
+
+    def data_refused(self, reply: str, received: int) -> None:
+        """A DATA payload was refused before the handler saw it; subclasses log it here."""
 
     @syntax("DATA")
     async def smtp_DATA(self, arg: str) -> None:
@@ -137,7 +188,9 @@ class FastDataMixin:
         saved_limit = reader._limit  # type: ignore[attr-defined]
         reader._limit = max(CHUNK_LIMIT, saved_limit)  # type: ignore[attr-defined]
         try:
-            result = await read_data(reader, self.data_size_limit, self.line_length_limit)
+            result = await read_data(
+                reader, self.data_size_limit, self.line_length_limit, self._reset_timeout
+            )
         except asyncio.CancelledError:
             # The client went away mid-DATA (aiosmtpd cancels the task): drop the session.
             self._writer.close()
@@ -147,13 +200,22 @@ class FastDataMixin:
             return
         finally:
             reader._limit = saved_limit  # type: ignore[attr-defined]
-        if result.state is not DataState.NOMINAL:
-            await self.push(LINE_TOO_LONG if result.state is DataState.TOO_LONG else TOO_MUCH_DATA)
+        content, state = result.content, result.state
+        if state is DataState.NOMINAL:
+            content, state = screen(content, normalize=self.normalize_line_endings)
+        if state is not DataState.NOMINAL:
+            reply = REFUSALS[state]
+            await self.push(reply)
+            self.data_refused(reply, result.received)
             self._set_post_data_state()
             return
         assert not self._decode_data, "the relay handles raw bytes only"
-        self.envelope.content = result.content
-        self.envelope.original_content = result.content
-        status = await self._call_handler_hook("DATA")
+        self.envelope.content = content
+        self.envelope.original_content = content
+        self.processing_data = True
+        try:
+            status = await self._call_handler_hook("DATA")
+        finally:
+            self.processing_data = False
         self._set_post_data_state()
         await self.push("250 OK" if status is MISSING else status)
