@@ -532,6 +532,14 @@ class LimitsConfig:
     idle_timeout: float = setting(
         300.0, seconds, "close a session silent this long between commands (421 4.4.2)"
     )
+    max_header_size: int = setting(102_400, size, "bytes of header block; more get 552 5.3.4")
+    max_mime_depth: int = setting(
+        10, integer(1), "attached messages within messages; deeper: quarantined (limits)"
+    )
+    max_mime_parts: int = setting(500, integer(1), "MIME parts per message; more: quarantined")
+    scan_timeout: float = setting(
+        30.0, seconds, "deadline to parse and scan one message; then quarantined (limits)"
+    )
 
 
 @dataclass(frozen=True)

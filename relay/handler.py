@@ -23,6 +23,7 @@ from relay.audit import AuditLog
 from relay.config import Config
 from relay.errors import QuarantineError, UpstreamError
 from relay.forwarder import DeliveryFailed, Forwarder
+from relay.limits import LimitExceeded, run_within
 from relay.model import CLEAN, Action, Verdict
 from relay.policy import decide, reject_reply, tagged
 from relay.quarantine import QuarantineStore
@@ -246,7 +247,12 @@ class RelayHandler:
         queue_id: str,
         record: dict[str, Any],
     ) -> str:
-        (message_id, subject), verdict = await asyncio.to_thread(_inspect, runtime.scan, data)
+        try:
+            (message_id, subject), verdict = await run_within(
+                lambda: _inspect(runtime.scan, data), runtime.config.limits.scan_timeout
+            )
+        except LimitExceeded as exc:
+            return await self._hold_over_limits(runtime, envelope, data, queue_id, record, exc)
         record.update(
             message_id=message_id,
             subject=subject,
@@ -325,6 +331,51 @@ class RelayHandler:
         except UpstreamError as exc:
             return f"{exc.code} {exc.text}"
         record.update(upstream_reply=delivery.upstream_reply, refused=delivery.refused)
+        return f"250 2.0.0 queued as {queue_id}"
+
+    async def _hold_over_limits(
+        self,
+        runtime: Runtime,
+        envelope: Envelope,
+        data: bytes,
+        queue_id: str,
+        record: dict[str, Any],
+        exc: LimitExceeded,
+    ) -> str:
+        """Fail closed: a message not read completely is held (reason `limits`), or 451."""
+        message_id, subject = header_summary(data)
+        record.update(
+            message_id=message_id,
+            subject=subject,
+            action=Action.QUARANTINE.value,
+            reason="limits",
+            error=str(exc),
+        )
+        meta = {
+            key: record[key]
+            for key in (
+                "session_id",
+                "client",
+                "auth_user",
+                "mail_from",
+                "rcpt_to",
+                "message_id",
+                "subject",
+                "size",
+                "verdict",
+                "categories",
+                "rules_version",
+                "hits",
+            )
+        }
+        meta.update(mail_options=list(envelope.mail_options), reason="limits", limit=str(exc))
+        try:
+            if runtime.quarantine is None:
+                raise QuarantineError("no quarantine store configured")
+            await runtime.quarantine.hold(queue_id, data, meta)
+        except QuarantineError as hold_error:
+            record["error"] = f"{exc}; {hold_error}"
+            return QUARANTINE_FAILURE
         return f"250 2.0.0 queued as {queue_id}"
 
     async def handle_exception(self, error: Exception) -> str:

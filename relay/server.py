@@ -32,6 +32,7 @@ from relay.errors import ConfigError, RelayError
 from relay.extract import extract
 from relay.forwarder import MaildirForwarder, close_idle_connections, make_forwarder
 from relay.handler import RelayHandler, RelaySession, Runtime, ScanFn, clean_scan
+from relay.limits import check_extracted
 from relay.model import Verdict
 from relay.quarantine import QuarantineStore
 from relay.smtpdata import FastDataMixin
@@ -84,9 +85,11 @@ def rules_scanner(config: Config) -> ScanFn:
     extraction, then every rule against every part.
     """
     ruleset = load_configured_rules(config.rules.paths)
+    limits = config.limits
 
     def scan(data: bytes) -> Verdict:
-        return ruleset.evaluate(extract(data))
+        extracted = extract(data, max_depth=limits.max_mime_depth, max_parts=limits.max_mime_parts)
+        return ruleset.evaluate(check_extracted(extracted))
 
     return scan
 
@@ -106,6 +109,7 @@ class RelaySMTP(FastDataMixin, SMTP):
         self.in_data = False
         self.refusal: str | None = None
         self.normalize_line_endings = relay.config.listen.bare_line_endings == "normalize"
+        self.max_header_size = relay.config.limits.max_header_size
         self._smtp_methods = {
             name: self._refusing_control_characters(method)
             for name, method in self._smtp_methods.items()

@@ -34,6 +34,7 @@ LINE_TOO_LONG = "500 5.5.2 Error: line too long (RFC 5321 4.5.3.1.6 allows 1000 
 TOO_MUCH_DATA = "552 5.3.4 Error: message exceeds the size limit"
 BARE_LINE_ENDING = "550 5.5.2 Error: bare CR or LF in message data (RFC 5321 2.3.8)"
 NUL_BYTE = "550 5.6.0 Error: NUL byte in message data"
+HEADER_TOO_BIG = "552 5.3.4 Error: message header exceeds the size limit"
 _ANY_LINE_ENDING = re.compile(rb"\r\n|\r|\n")
 
 
@@ -43,6 +44,7 @@ class DataState(enum.Enum):
     TOO_LONG = "too long"
     BARE_LINE_ENDING = "bare line ending"
     NUL_BYTE = "nul byte"
+    HEADER_TOO_BIG = "header too big"
 
 
 REFUSALS = {
@@ -50,6 +52,7 @@ REFUSALS = {
     DataState.TOO_LONG: LINE_TOO_LONG,
     DataState.BARE_LINE_ENDING: BARE_LINE_ENDING,
     DataState.NUL_BYTE: NUL_BYTE,
+    DataState.HEADER_TOO_BIG: HEADER_TOO_BIG,
 }
 
 
@@ -67,14 +70,21 @@ def normalize_line_endings(data: bytes) -> bytes:
     return _ANY_LINE_ENDING.sub(b"\r\n", data)
 
 
-def screen(content: bytes, *, normalize: bool) -> tuple[bytes, DataState]:
-    """Refuse NUL bytes, and bare CR or LF unless `normalize` turns them into CRLF."""
+def screen(
+    content: bytes, *, normalize: bool, max_header_size: int | None = None
+) -> tuple[bytes, DataState]:
+    """Refuse NUL bytes, bare CR or LF (unless `normalize` makes them CRLF), huge headers."""
     if b"\0" in content:
         return b"", DataState.NUL_BYTE
     if not only_crlf(content):
         if not normalize:
             return b"", DataState.BARE_LINE_ENDING
         content = normalize_line_endings(content)
+    if max_header_size is not None and len(content) > max_header_size:
+        # The header block ends at the first empty line (or is the whole message).
+        end = content.find(b"\r\n\r\n", 0, max_header_size + 4)
+        if end < 0 or end + 2 > max_header_size:
+            return b"", DataState.HEADER_TOO_BIG
     return content, DataState.NOMINAL
 
 
@@ -163,6 +173,7 @@ class FastDataMixin:
     _set_post_data_state: Any
     _reset_timeout: Any
     normalize_line_endings: bool = False
+    max_header_size: int | None = None
     processing_data: bool = False
 
     def data_refused(self, reply: str, received: int) -> None:
@@ -202,7 +213,11 @@ class FastDataMixin:
             reader._limit = saved_limit  # type: ignore[attr-defined]
         content, state = result.content, result.state
         if state is DataState.NOMINAL:
-            content, state = screen(content, normalize=self.normalize_line_endings)
+            content, state = screen(
+                content,
+                normalize=self.normalize_line_endings,
+                max_header_size=self.max_header_size,
+            )
         if state is not DataState.NOMINAL:
             reply = REFUSALS[state]
             await self.push(reply)

@@ -23,6 +23,7 @@ from relay.config import Config, bundled_rules_path
 from relay.engine import RuleSet, load_rules
 from relay.extract import extract
 from relay.handler import ScanFn
+from relay.limits import check_extracted
 from relay.model import Verdict
 from relay.server import RelayServer
 
@@ -71,9 +72,11 @@ def cached_rules_scanner(config: Config) -> ScanFn:
     reload must use relay.server.rules_scanner instead.
     """
     ruleset = _ruleset(tuple(config.rules.paths))
+    limits = config.limits
 
     def scan(data: bytes) -> Verdict:
-        return ruleset.evaluate(extract(data))
+        extracted = extract(data, max_depth=limits.max_mime_depth, max_parts=limits.max_mime_parts)
+        return ruleset.evaluate(check_extracted(extracted))
 
     return scan
 

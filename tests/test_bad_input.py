@@ -18,6 +18,10 @@ from typing import Any
 
 import pytest
 
+from relay.config import Config
+from relay.handler import ScanFn
+from relay.model import CLEAN, Verdict
+from relay.quarantine import QuarantineStore
 from tests.conftest import StartRelay, WriteConfig
 from tests.support import VIOLATION, RunningRelay, Sink, make_message
 
@@ -120,6 +124,14 @@ def nested(depth: int) -> bytes:
             + b"--\r\n"
         )
     return b"From: shop@example.com\r\nSubject: nested\r\nMIME-Version: 1.0\r\n" + inner
+
+
+def attached(depth: int) -> bytes:
+    """Messages attached within messages, `depth` levels down."""
+    inner = b"Subject: innermost\r\n\r\nThe innermost text.\r\n"
+    for _ in range(depth):
+        inner = b"Subject: wrapper\r\nContent-Type: message/rfc822\r\n\r\n" + inner
+    return b"From: shop@example.com\r\nMIME-Version: 1.0\r\n" + inner
 
 
 def many_parts(count: int) -> bytes:
@@ -327,8 +339,25 @@ CASES = [
         transaction(data(header_message(b"Subject: =?utf-8?B?####?= =?nope?Q?x?=\r\n")), OK),
         sink=1,
     ),
-    Case("MIME nested 60 deep", transaction(data(nested(60)), OK), sink=1),
-    Case("2000 MIME parts", transaction(data(many_parts(2000)), OK), sink=1),
+    Case("MIME nested 20 deep", transaction(data(nested(20)), OK), sink=1),
+    Case("400 MIME parts", transaction(data(many_parts(400)), OK), sink=1),
+    # --- limits: what could not be read completely is held, never forwarded unscanned ---------
+    Case("MIME nested 60 deep is held", transaction(data(nested(60)), OK), quarantine=1),
+    Case("2000 MIME parts are held", transaction(data(many_parts(2000)), OK), quarantine=1),
+    Case(
+        "attached messages nested too deep are held",
+        transaction(data(attached(12)), OK),
+        quarantine=1,
+    ),
+    Case("attached messages 3 deep", transaction(data(attached(3)), OK), sink=1),
+    Case(
+        "header block over the header size limit",
+        transaction(data((b"X-Filler: " + b"f" * 900 + b"\r\n") * 120 + HEAD), "552 5.3.4"),
+    ),
+    Case(
+        "header without an end over the header size limit",
+        transaction(data((b"X-Filler: " + b"f" * 900 + b"\r\n") * 120), "552 5.3.4"),
+    ),
     # --- violations stay out of the sink whatever the wrapping ---------------------------------
     Case("violation is held, not forwarded", transaction(data(VIOLATION), OK), quarantine=1),
     Case(
@@ -467,7 +496,7 @@ async def test_noop_is_answered_while_a_hostile_message_is_processed(
 ) -> None:
     """Liveness: a big, deeply broken message must not stall other sessions."""
     relay = await start_relay(write_config(upstream=sink.upstream()))
-    hostile = data(nested(200) + many_parts(3000)[60:] + b"x" * 998 + b"\r\n" * 5000)
+    hostile = data(nested(45) + many_parts(450)[60:] + (b"x" * 998 + b"\r\n") * 150)
     busy, _ = await RawClient.connect(relay.port)
     other, _ = await RawClient.connect(relay.port)
     try:
@@ -489,3 +518,38 @@ async def test_noop_is_answered_while_a_hostile_message_is_processed(
         await busy.close()
         await other.close()
     assert len(sink.messages) == 1
+
+
+async def test_scan_over_the_deadline_is_held_with_reason_limits(
+    sink: Sink, write_config: WriteConfig, start_relay: StartRelay, tmp_path: Path
+) -> None:
+    def slow_scanner(config: Config) -> ScanFn:
+        def scan(data: bytes) -> Verdict:
+            time.sleep(1.0)
+            return CLEAN
+
+        return scan
+
+    relay = await start_relay(
+        write_config(upstream=sink.upstream(), limits={"scan_timeout": 0.2}),
+        make_scanner=slow_scanner,
+    )
+    reply = await relay.send()
+    assert reply.code == 250
+    assert sink.messages == []
+    [entry] = QuarantineStore(tmp_path / "quarantine").entries()
+    assert entry.meta["reason"] == "limits"
+    [line] = await relay.messages()
+    assert (line["action"], line["reason"]) == ("quarantine", "limits")
+    assert "longer than 0.2 seconds" in line["error"]
+
+
+async def test_mime_limit_is_logged_and_kept_with_the_held_message(
+    sink: Sink, write_config: WriteConfig, start_relay: StartRelay, tmp_path: Path
+) -> None:
+    relay = await start_relay(write_config(upstream=sink.upstream(), limits={"max_mime_parts": 5}))
+    assert (await relay.send(many_parts(10))).code == 250
+    assert (await relay.send(many_parts(3))).code == 250
+    assert len(sink.messages) == 1
+    [entry] = QuarantineStore(tmp_path / "quarantine").entries()
+    assert entry.meta["reason"] == "limits" and "more than 5 MIME parts" in entry.meta["limit"]
