@@ -86,6 +86,33 @@ def cmd_serve(args: argparse.Namespace) -> int:
 # --- check-config -----------------------------------------------------------------------------
 
 
+def add_hash_password(subparsers: Subparsers) -> None:
+    parser = subparsers.add_parser(
+        "hash-password",
+        help="print a password hash for auth.users",
+        description="Read a password (prompted twice on a terminal, else the first line of "
+        "standard input) and print its scrypt hash for auth.users.NAME.password_hash.",
+    )
+    parser.set_defaults(func=cmd_hash_password)
+
+
+def cmd_hash_password(args: argparse.Namespace) -> int:
+    from relay.access import hash_password
+
+    if sys.stdin.isatty():
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != password:
+            print("outbox-relay: the two passwords differ", file=sys.stderr)
+            return EX_DATAERR
+    else:
+        password = sys.stdin.readline().removesuffix("\n").removesuffix("\r")
+    if not password:
+        print("outbox-relay: empty password", file=sys.stderr)
+        return EX_DATAERR
+    print(hash_password(password))
+    return EX_OK
+
+
 def add_check_config(subparsers: Subparsers) -> None:
     parser = subparsers.add_parser(
         "check-config",
@@ -573,6 +600,7 @@ SUBCOMMANDS: list[Callable[[Subparsers], None]] = [
     add_scan,
     add_rules,
     add_quarantine,
+    add_hash_password,
 ]
 
 

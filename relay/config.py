@@ -425,6 +425,21 @@ class ListenConfig:
         "a bare CR or LF in DATA: reject (550 5.5.2, blocks smuggling) or normalize to CRLF",
     )
 
+    tls_cert: Path | None = setting(
+        None, optional(fs_path(kind="file", must_exist=True)), "certificate (PEM) for STARTTLS"
+    )
+    tls_key: Path | None = setting(
+        None, optional(fs_path(kind="file", must_exist=True)), "private key (PEM) of tls_cert"
+    )
+    require_tls: bool = setting(False, boolean, "clients must STARTTLS before MAIL (else 530)")
+
+    def validate(self) -> tuple[str, str] | None:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            return "tls_cert", "listen.tls_cert and listen.tls_key go together"
+        if self.require_tls and self.tls_cert is None:
+            return "require_tls", "needs listen.tls_cert and listen.tls_key"
+        return None
+
     def allows(self, address: str | None) -> bool:
         """True when a client at `address` may connect (unknown peers, e.g. sockets, may not)."""
         if address is None:
@@ -481,6 +496,45 @@ class UpstreamConfig:
             return "password_file", "needs upstream.username (the two go together)"
         if self.username is not None and self.tls == "none":
             return "username", "AUTH over an unencrypted connection; set tls to starttls or tls"
+        return None
+
+
+def password_hash(value: Any, ctx: Context) -> str:
+    """A `scrypt$N$R$P$SALT$HASH` string as `outbox-relay hash-password` prints it."""
+    from relay.access import parse_hash
+
+    text = string(value, ctx)
+    try:
+        parse_hash(text)
+    except ValueError as exc:
+        ctx.fail(str(exc))
+    return text
+
+
+@dataclass(frozen=True)
+class AuthUser:
+    password_hash: str = setting("", password_hash, "from `outbox-relay hash-password`")
+    allowed_senders: tuple[str, ...] = setting(
+        (), list_of(string), "MAIL FROM addresses or @domains this user may use; empty: any"
+    )
+
+    def validate(self) -> tuple[str, str] | None:
+        if not self.password_hash:
+            return "password_hash", "is required for every user"
+        return None
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    users: Mapping[str, AuthUser] = setting(
+        _FrozenMap(), mapping_of(string, _section_check(AuthUser)), "SMTP AUTH users (TLS only)"
+    )
+    required: bool = setting(False, boolean, "clients must AUTH before MAIL (else 530 5.7.0)")
+    failure_delay: float = setting(2.0, seconds, "wait before answering a failed AUTH")
+
+    def validate(self) -> tuple[str, str] | None:
+        if self.required and not self.users:
+            return "required", "needs at least one user in auth.users"
         return None
 
 
@@ -553,9 +607,12 @@ class Config:
     rules: RulesConfig = section(RulesConfig)
     policy: PolicyConfig = section(PolicyConfig)
     limits: LimitsConfig = section(LimitsConfig)
+    auth: AuthConfig = section(AuthConfig)
     source: Path | None = None
 
     def validate(self) -> tuple[str, str] | None:
+        if self.auth.users and self.listen.tls_cert is None:
+            return "auth", "AUTH is offered only over TLS: set listen.tls_cert and listen.tls_key"
         # The upstream block has no usable default: say so at the top level, not per key.
         if self.upstream.host is None and self.upstream.maildir is None:
             return "upstream", "is required: set upstream.host (the smarthost) or upstream.maildir"

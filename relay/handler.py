@@ -19,6 +19,7 @@ from typing import Any
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from relay import audit as events
+from relay.access import sender_allowed
 from relay.audit import AuditLog
 from relay.config import Config
 from relay.errors import QuarantineError, UpstreamError
@@ -33,6 +34,7 @@ ScanFn = Callable[[bytes], Verdict]
 TEMPORARY_FAILURE = "451 4.3.0 Error: internal error, please try again later"
 QUARANTINE_FAILURE = "451 4.3.0 Error: cannot hold the message for review, please try again later"
 MAX_SUBJECT = 200
+SENDER_NOT_ALLOWED = "553 5.7.1 Error: sender address not allowed for this user"
 
 
 def clean_scan(data: bytes) -> Verdict:
@@ -159,6 +161,26 @@ class RelayHandler:
         }
         self.runtime.audit.emit(events.EVENT_MESSAGE, **record)
 
+    def sender_allowed(self, session: RelaySession, address: str) -> bool:
+        """An authenticated user may use only the senders listed for them (if any)."""
+        user = session.auth_user
+        if user is None:
+            return True
+        entry = self.runtime.config.auth.users.get(user)
+        return entry is not None and sender_allowed(address, entry.allowed_senders)
+
+    def auth_failed(self, session: RelaySession, user: str, mechanism: str) -> None:
+        """Log a failed AUTH: who and how, never the password."""
+        self.runtime.audit.emit(
+            events.EVENT_ERROR,
+            stage="AUTH",
+            error="authentication failed",
+            session_id=session.session_id,
+            client=session.client,
+            user=user,
+            mechanism=mechanism,
+        )
+
     # --- aiosmtpd hooks ---
 
     async def handle_MAIL(
@@ -169,6 +191,8 @@ class RelayHandler:
         address: str,
         mail_options: list[str],
     ) -> str:
+        if not self.sender_allowed(session, address):
+            return SENDER_NOT_ALLOWED
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         return "250 2.1.0 Sender OK"

@@ -16,15 +16,17 @@ import os
 import re
 import signal
 import socket
+import ssl
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, AnyStr
 
-from aiosmtpd.smtp import SMTP
+from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 
 from relay import audit as events
+from relay.access import server_tls_context, verify_password
 from relay.audit import AuditLog
 from relay.config import Config, load_config
 from relay.engine import load_configured_rules
@@ -41,6 +43,11 @@ IDENT = "outbox-relay ESMTP"
 SHUTDOWN_REPLY = "421 4.3.2 Service shutting down, please try again later"
 REFUSED_CLIENT = "554 5.7.1 Error: this client may not relay through this server"
 TOO_MANY_CONNECTIONS = "421 4.7.0 Error: too many connections, please try again later"
+_PENDING = "credentials not checked yet"
+# Checked when the user is unknown too, so a reply's timing does not tell which users exist.
+_DUMMY_HASH = (
+    "scrypt$16384$8$1$AAAAAAAAAAAAAAAAAAAAAA==$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="
+)
 CONTROL_IN_COMMAND = "501 5.5.2 Error: control character in command"
 CONTROL_CHARACTER = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 IDLE_TIMEOUT = "421 4.4.2 Error: timeout exceeded, closing the connection"
@@ -168,6 +175,34 @@ class RelaySMTP(FastDataMixin, SMTP):
             self._writer.write(IDLE_TIMEOUT.encode() + b"\r\n")
         super()._timeout_cb()  # type: ignore[no-untyped-call]
 
+    # aiosmtpd checks credentials synchronously, on the event loop; scrypt is slow on purpose.
+    # So its check only hands the credentials back, and these do the real one in a thread.
+    def _authenticate(self, mechanism: str, auth_data: Any) -> AuthResult:
+        return AuthResult(success=False, handled=False, auth_data=auth_data, message=_PENDING)
+
+    async def auth_PLAIN(self, _: Any, args: list[str]) -> AuthResult:
+        return await self._check_credentials("PLAIN", await super().auth_PLAIN(_, args))
+
+    async def auth_LOGIN(self, _: Any, args: list[str]) -> AuthResult:
+        return await self._check_credentials("LOGIN", await super().auth_LOGIN(_, args))
+
+    async def _check_credentials(self, mechanism: str, result: AuthResult) -> AuthResult:
+        if result.message != _PENDING or not isinstance(result.auth_data, LoginPassword):
+            return result
+        login, password = result.auth_data.login, result.auth_data.password
+        user = login.decode("utf-8", "replace")
+        auth = self.relay.config.auth
+        entry = auth.users.get(user)
+        stored = entry.password_hash if entry is not None else _DUMMY_HASH
+        valid = await asyncio.to_thread(verify_password, password, stored)
+        if entry is not None and valid:
+            # Keep the login only: the session must not carry the password around.
+            return AuthResult(success=True, auth_data=LoginPassword(login, b""))
+        assert isinstance(self.session, RelaySession)
+        self.relay_handler.auth_failed(self.session, user, mechanism)
+        await asyncio.sleep(auth.failure_delay)  # slows guessing without blocking others
+        return AuthResult(success=False, handled=False)
+
     def data_refused(self, reply: str, received: int) -> None:
         assert isinstance(self.session, RelaySession)
         self.relay_handler.data_refused(self.session, self.envelope, reply, received)
@@ -234,6 +269,7 @@ class RelayServer:
         self._runtime: Runtime | None = None
         self._handler: RelayHandler | None = None
         self._background: set[asyncio.Task[Any]] = set()
+        self._tls_context: ssl.SSLContext | None = None
         self._reload_lock = asyncio.Lock()
 
     # --- building blocks ---
@@ -288,15 +324,29 @@ class RelayServer:
         except OSError as exc:
             raise ConfigError(f"cannot open: {exc.strerror}", key_path="audit.path") from exc
 
+    @staticmethod
+    def _load_tls(config: Config) -> ssl.SSLContext | None:
+        listen = config.listen
+        if listen.tls_cert is None or listen.tls_key is None:
+            return None
+        return server_tls_context(listen.tls_cert, listen.tls_key)
+
     def _protocol(self) -> RelaySMTP:
         assert self._handler is not None
+        config = self.runtime.config
         return RelaySMTP(
             self._handler,
             self,
             hostname=self.hostname,
             ident=IDENT,
-            data_size_limit=self.runtime.config.limits.max_message_size,
-            timeout=self.runtime.config.limits.idle_timeout,
+            data_size_limit=config.limits.max_message_size,
+            timeout=config.limits.idle_timeout,
+            tls_context=self._tls_context,
+            require_starttls=config.listen.require_tls,
+            auth_required=config.auth.required,
+            auth_require_tls=True,
+            # No users, no AUTH: aiosmtpd would otherwise offer it and fail every attempt.
+            auth_exclude_mechanism=[] if config.auth.users else ["PLAIN", "LOGIN"],
             loop=asyncio.get_running_loop(),
         )
 
@@ -320,6 +370,7 @@ class RelayServer:
         audit = self._open_audit(self.config)
         try:
             self._runtime = self._build_runtime(self.config, audit)
+            self._tls_context = self._load_tls(self.config)
         except BaseException:
             audit.close()
             raise
@@ -394,6 +445,7 @@ class RelayServer:
             if config.audit.path != old.config.audit.path:
                 new_audit = self._open_audit(config)
             runtime = await asyncio.to_thread(self._build_runtime, config, new_audit or old.audit)
+            tls_context = await asyncio.to_thread(self._load_tls, config)
         except Exception as exc:  # whatever broke, the running config stays in force
             if new_audit is not None:
                 new_audit.close()
@@ -408,6 +460,7 @@ class RelayServer:
         ]
         self.config = config
         self._runtime = runtime
+        self._tls_context = tls_context
         assert self._handler is not None
         self._handler.runtime = runtime
         # The old forwarder's pooled upstream connections point at the old upstream.
