@@ -133,6 +133,10 @@ async def test_require_tls_refuses_mail_before_starttls(
         assert (await client.send(b"MAIL FROM:<a@example.com>\r\n")).startswith("530")
         # Commands pipelined behind STARTTLS are thrown away, never run inside TLS.
         assert (await client.send(b"STARTTLS\r\nMAIL FROM:<a@example.com>\r\n")).startswith("220")
+        await client.writer.start_tls(client_context(certificate[0]))
+        # The first reply inside TLS answers this EHLO, not the smuggled MAIL.
+        assert (await client.send(b"EHLO c\r\n")).startswith("250")
+        assert (await client.send(b"RCPT TO:<b@example.org>\r\n")).startswith("503")
     finally:
         await client.close()
     assert sink.messages == []
