@@ -586,6 +586,9 @@ class LimitsConfig:
     idle_timeout: float = setting(
         300.0, seconds, "close a session silent this long between commands (421 4.4.2)"
     )
+    command_timeout: float = setting(
+        600.0, seconds, "for a message to arrive in full after DATA (421 4.4.2)"
+    )
     max_header_size: int = setting(102_400, size, "bytes of header block; more get 552 5.3.4")
     max_mime_depth: int = setting(
         10, integer(1), "attached messages within messages; deeper: quarantined (limits)"

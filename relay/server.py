@@ -117,6 +117,7 @@ class RelaySMTP(FastDataMixin, SMTP):
         self.refusal: str | None = None
         self.normalize_line_endings = relay.config.listen.bare_line_endings == "normalize"
         self.max_header_size = relay.config.limits.max_header_size
+        self.data_timeout = relay.config.limits.command_timeout
         self._smtp_methods = {
             name: self._refusing_control_characters(method)
             for name, method in self._smtp_methods.items()

@@ -18,6 +18,7 @@ Every refusal is reported to `data_refused`, so the relay logs a `message` line 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import re
 from collections.abc import Callable
@@ -34,6 +35,7 @@ LINE_TOO_LONG = "500 5.5.2 Error: line too long (RFC 5321 4.5.3.1.6 allows 1000 
 TOO_MUCH_DATA = "552 5.3.4 Error: message exceeds the size limit"
 BARE_LINE_ENDING = "550 5.5.2 Error: bare CR or LF in message data (RFC 5321 2.3.8)"
 NUL_BYTE = "550 5.6.0 Error: NUL byte in message data"
+DATA_TIMEOUT = "421 4.4.2 Error: timeout exceeded while receiving the message"
 HEADER_TOO_BIG = "552 5.3.4 Error: message header exceeds the size limit"
 _ANY_LINE_ENDING = re.compile(rb"\r\n|\r|\n")
 
@@ -174,6 +176,7 @@ class FastDataMixin:
     _reset_timeout: Any
     normalize_line_endings: bool = False
     max_header_size: int | None = None
+    data_timeout: float | None = None  # for the whole DATA payload to arrive
     processing_data: bool = False
 
     def data_refused(self, reply: str, received: int) -> None:
@@ -199,9 +202,19 @@ class FastDataMixin:
         saved_limit = reader._limit  # type: ignore[attr-defined]
         reader._limit = max(CHUNK_LIMIT, saved_limit)  # type: ignore[attr-defined]
         try:
-            result = await read_data(
-                reader, self.data_size_limit, self.line_length_limit, self._reset_timeout
+            result = await asyncio.wait_for(
+                read_data(
+                    reader, self.data_size_limit, self.line_length_limit, self._reset_timeout
+                ),
+                self.data_timeout,
             )
+        except TimeoutError:
+            # A client trickling its message to hold a connection slot: give up on it.
+            with contextlib.suppress(ConnectionError):
+                await self.push(DATA_TIMEOUT)
+            self.data_refused(DATA_TIMEOUT, 0)
+            self._writer.close()
+            return
         except asyncio.CancelledError:
             # The client went away mid-DATA (aiosmtpd cancels the task): drop the session.
             self._writer.close()

@@ -553,3 +553,28 @@ async def test_mime_limit_is_logged_and_kept_with_the_held_message(
     assert len(sink.messages) == 1
     [entry] = QuarantineStore(tmp_path / "quarantine").entries()
     assert entry.meta["reason"] == "limits" and "more than 5 MIME parts" in entry.meta["limit"]
+
+
+async def test_message_trickled_past_the_command_timeout_gets_421(
+    sink: Sink, write_config: WriteConfig, start_relay: StartRelay
+) -> None:
+    relay = await start_relay(
+        write_config(upstream=sink.upstream(), limits={"command_timeout": 0.5, "idle_timeout": 5})
+    )
+    client, _ = await RawClient.connect(relay.port)
+    try:
+        for step, expected in [*envelope(), (b"DATA\r\n", "354")]:
+            assert (await client.send(step)).startswith(expected)
+        reply = asyncio.ensure_future(client.reply())
+        for _ in range(30):  # every line in time for the idle timer, the whole too slow
+            if reply.done():
+                break
+            client.writer.write(b"X-Slow: header\r\n")
+            await asyncio.sleep(0.1)
+        assert (await reply).startswith("421 4.4.2")
+        assert await client.reply() == ""
+    finally:
+        await client.close()
+    assert sink.messages == []
+    [line] = await relay.messages()
+    assert line["reply"].startswith("421 4.4.2")
