@@ -694,6 +694,16 @@ def parse_config(text: str, file: Path) -> Config:
     return dataclasses.replace(config, source=file)
 
 
+def _access_summary(config: Config) -> str:
+    listen, auth = config.listen, config.auth
+    parts = [", ".join(str(network) for network in listen.allowed_clients) or "none"]
+    if listen.tls_cert is not None:
+        parts.append("STARTTLS required" if listen.require_tls else "STARTTLS")
+    if auth.users:
+        parts.append(f"AUTH {'required' if auth.required else 'offered'} ({len(auth.users)} users)")
+    return ", ".join(parts)
+
+
 def describe(config: Config) -> list[str]:
     """A short, secret-free summary for `check-config` and the start-up log."""
     up = config.upstream
@@ -704,6 +714,7 @@ def describe(config: Config) -> list[str]:
         upstream = f"{up.host}:{up.effective_port} (tls: {up.tls}{auth})"
     return [
         f"listen     {config.listen.host}:{config.listen.port}",
+        f"clients    {_access_summary(config)}",
         f"upstream   {upstream}",
         f"quarantine {config.quarantine.path}",
         f"audit      {config.audit.path or '- (stdout)'}",
