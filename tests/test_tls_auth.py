@@ -351,3 +351,29 @@ async def test_upstream_tls_verifies_the_certificate(
         assert upstream.handler.messages[0].data == MESSAGE
     else:
         assert reply.code // 100 == 4, reply  # retry later; nothing sent in the clear
+
+
+async def test_reload_turns_on_starttls_and_auth_for_new_sessions(
+    sink: Sink, write_config: WriteConfig, start_relay: StartRelay, certificate: tuple[Path, Path]
+) -> None:
+    relay = await start_relay(write_config(upstream=sink.upstream()))
+    client = await connect(relay, certificate[0])
+    await client.ehlo()
+    assert not client.supports_extension("starttls")
+    await client.quit()
+    cert, key = certificate
+    write_config(
+        upstream=sink.upstream(),
+        listen={"tls_cert": str(cert), "tls_key": str(key)},
+        auth=users(),
+    )
+    assert await relay.server.reload()
+    client = await connect(relay, cert)
+    try:
+        await client.ehlo()
+        assert client.supports_extension("starttls")
+        await client.starttls()
+        await client.ehlo()
+        await client.auth_plain("erp", PASSWORD)
+    finally:
+        await client.quit()
