@@ -29,7 +29,9 @@ def is_amazon_domain(domain: str) -> bool:
     if domain.startswith("www."):
         domain = domain[4:]
     labels = domain.split(".")
-    return "amazon" in labels[:-1] or domain in _AMAZON_SHORT or domain.endswith(".amazon")
+    # Amazon's own image and media hosts: m.media-amazon.com, images-na.ssl-images-amazon.com.
+    parts = {part for label in labels[:-1] for part in (label, *label.split("-"))}
+    return "amazon" in parts or domain in _AMAZON_SHORT or domain.endswith(".amazon")
 
 
 def _word_set(words: str) -> frozenset[str]:
@@ -40,21 +42,30 @@ _CARRIERS = _word_set(
     "dhl ups fedex usps dpd gls hermes hermesworld myhermes evri royalmail parcelforce "
     "laposte colissimo chronopost correos correosexpress seur mrw nacex poste posteitaliane "
     "brt sda tnt yamato kuronekoyamato sagawa-exp japanpost deutschepost canadapost auspost "
-    "ontrac lasership postnl bpost swisspost post dhlparcel"
+    "ontrac lasership postnl bpost swisspost dhlparcel mondialrelay inpost yodel aramex "
+    "colisprive purolator asendia ctt packeta zasilkovna 17track parcelsapp aftership "
+    "parcelforce dpdgroup"
 )
+# Too common as a host name to trust anywhere but as the registered name (post.ch, post.at).
+_REGISTERED_ONLY_CARRIERS = frozenset({"post"})
 
 
 def is_carrier_domain(domain: str) -> bool:
     """A parcel carrier's site: tracking links are needed to complete the order."""
     labels = domain.lower().split(".")[:-1]
+    if labels and labels[-1] in _REGISTERED_ONLY_CARRIERS:
+        return True
     return any(part in _CARRIERS for label in labels for part in (label, *label.split("-")))
 
 
 # --- e-mail -----------------------------------------------------------------------------
 
 _LOCAL_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789._%+-")
-_AT_RE = re.compile(r"[@\[({](?:(?<=@)|[ \t]?(?:at|@)[ \t]?[\])}][ \t]?)")
-_OBFUSCATED_DOT = r"[ \t]?[\[({][ \t]?(?:dot|punkt|point|punto)[ \t]?[\])}][ \t]?|[ \t]dot[ \t]"
+# A hard-wrapped line may break anywhere around "(at)" and "(dot)".
+_AT_RE = re.compile(r"[@\[({](?:(?<=@)|[ \t\n]?(?:at|@)[ \t\n]?[\])}][ \t\n]?)")
+_OBFUSCATED_DOT = (
+    r"[ \t\n]?[\[({][ \t\n]?(?:dot|punkt|point|punto)[ \t\n]?[\])}][ \t\n]?|[ \t\n]dot[ \t\n]"
+)
 _OBFUSCATED_DOMAIN_RE = re.compile(rf"{_LABEL}(?:(?:\.|{_OBFUSCATED_DOT}){_LABEL}){{1,8}}")
 _OBFUSCATED_DOT_RE = re.compile(_OBFUSCATED_DOT)
 
@@ -67,7 +78,7 @@ def find_emails(text: str) -> list[tuple[int, int]]:
         if at.start() < last_end:
             continue
         local_end = at.start()
-        if at.group() != "@" and local_end > 0 and text[local_end - 1] in " \t":
+        if at.group() != "@" and local_end > 0 and text[local_end - 1] in " \t\n":
             local_end -= 1  # "info [at] shop [dot] de"
         start = local_end
         while start > max(last_end, local_end - 64) and text[start - 1] in _LOCAL_CHARS:
@@ -98,8 +109,11 @@ def _tld_ok(domain: str) -> bool:
 _TLDS = _word_set(
     "com net org info biz io co de fr es it jp uk eu at ch nl be pl se dk fi pt ie ca us au "
     "mx br ru cn shop store online site website app dev ai tv xyz top club link page blog "
-    "tech email example cz hu gr ro sk si lu li nz ar cl store market deals reviews review"
+    "tech email example cz hu gr ro sk si lu li nz ar cl store market deals reviews review "
+    "ly me ee gl gd"
 )
+# Link shorteners and chat links whose first label is a single letter.
+_ONE_LETTER_HOSTS = frozenset({"t.me", "m.me"})
 _SCHEME_RE = re.compile(r"[hfw](?:(?<=h)ttps?://|(?<=f)tp://|(?<=w)ww\.)[^\s<>\"'(){}\[\]]+")
 _TLD_RE = re.compile(
     r"\.(?:" + "|".join(sorted(set(_TLDS), key=len, reverse=True)) + r")(?![a-z0-9-]|\.[a-z0-9])"
@@ -136,7 +150,10 @@ def find_urls(norm: Normalized) -> list[tuple[int, int]]:
         while start < tld_start and text[start] in ".-":
             start += 1
         label = text[start:tld_start].rsplit(".", 1)[-1]
-        if len(label) < 2 or not any(c.isalpha() for c in text[start:tld_start]):
+        short_host = text[start:tld_end] in _ONE_LETTER_HOSTS
+        if (len(label) < 2 and not short_host) or not any(
+            c.isalpha() for c in text[start:tld_start]
+        ):
             continue
         if start > 0 and text[start - 1] in "@/":
             continue  # an e-mail's domain, or part of a path

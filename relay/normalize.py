@@ -600,8 +600,20 @@ def excerpt(source: str, start: int, end: int, *, width: int = 100) -> str:
     return text
 
 
+# IPA letters and small capitals that pass for Latin ones (rɑting, ʀeview, ꜰɪᴠᴇ): no language
+# the relay reads writes them, so they fold everywhere. One character for one keeps offsets.
+_LATIN_LOOKALIKES = str.maketrans(
+    "ɑɡɩıʏɴʀᴀʙᴄᴅᴇꜰɢʜɪᴊᴋʟᴍᴏᴘꜱᴛᴜᴠᴡᴢ",
+    "agiiynrabcdefghijklmopstuvwz",
+)
+_LATIN_LOOKALIKE_RE = re.compile("[ɑɡɩıʏɴʀᴀʙᴄᴅᴇꜰɢʜɪᴊᴋʟᴍᴏᴘꜱᴛᴜᴠᴡᴢ]")
+
+
 def normalize(text: str) -> Normalized:
     """Normalizes `text` for matching; linear in its length."""
+    source = text
+    if _LATIN_LOOKALIKE_RE.search(text):
+        text = text.translate(_LATIN_LOOKALIKES)
     folded, char_map = _fold_chars(_fold_lookalikes(text, cased=True))
     folded = _fold_lookalike_words(_fold_lookalikes(folded))
     rated, rating_map, symbols = _rewrite_ratings(folded)
@@ -612,7 +624,9 @@ def normalize(text: str) -> Normalized:
     bare = rated if rated.isascii() else strip_accents(rated)
     if bare == rated:
         bare = rated  # the same object tells the engine there are no diacritics
-    return Normalized(source=text, text=rated, bare=bare, maps=maps, symbol_ratings=tuple(symbols))
+    return Normalized(
+        source=source, text=rated, bare=bare, maps=maps, symbol_ratings=tuple(symbols)
+    )
 
 
 def tokens(text: str) -> Iterator[re.Match[str]]:

@@ -459,6 +459,7 @@ def test_not_phone_numbers(text: str) -> None:
         ("user@localhost", None),
         ("price @ 5 EUR", None),
         ("@ourshop on Instagram", None),
+        ("write to info (at) shop-name\n(dot) com today", "info (at) shop-name\n(dot) com"),
     ],
 )
 def test_emails(text: str, expected: str | None) -> None:
@@ -490,6 +491,17 @@ def test_emails(text: str, expected: str | None) -> None:
         ("see shop [dot] de", "shop [dot] de"),
         ("en este punto es necesario", None),
         ("we dot the i's", None),
+        ("join t.me/ourshop", "t.me/ourshop"),
+        ("bit.ly/abc123", "bit.ly/abc123"),
+        ("linktr.ee/shop", "linktr.ee/shop"),
+        ("wa.me/4915112345", "wa.me/4915112345"),
+        ("https://m.media-amazon.com/images/I/x.jpg", None),
+        ("images-na.ssl-images-amazon.com/x.png", None),
+        ("https://www.mondialrelay.fr/suivi", None),
+        ("gls-italy.com/track", None),
+        ("www.post.ch/track", None),
+        ("post.myshop.com", "post.myshop.com"),  # "post" alone is not a carrier
+        ("Thanks.Me and my team", None),
     ],
 )
 def test_urls(text: str, expected: str | None) -> None:

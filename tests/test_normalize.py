@@ -118,6 +118,16 @@ def test_not_ratings(text: str) -> None:
     assert "stars" not in normalize(text).text.replace("the stars", "")
 
 
+@pytest.mark.parametrize(
+    ("written", "read"),
+    [("rɑting", "rating"), ("ɡood ʀeview", "good review"), ("ꜰɪᴠᴇ stars", "5 stars")],
+)
+def test_latin_lookalikes_from_ipa_and_small_capitals_fold(written: str, read: str) -> None:
+    normalized = normalize(written)
+    assert normalized.text.strip() == read
+    assert normalized.source == written
+
+
 def test_whitespace_collapses_but_paragraphs_stay() -> None:
     norm = normalize("Hi  Sam,\t\r\n\n \n Thanks\u00a0\u00a0a lot\nbye  ")
     assert norm.text == "hi sam,\n\nthanks a lot\nbye "
