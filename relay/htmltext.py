@@ -62,6 +62,9 @@ FORWARD_MARKERS = (
     "転送メッセージ",
 )
 
+# One regex instead of a loop over the markers: this runs for every line of every part.
+_FORWARD_MARKER_RE = re.compile("|".join(re.escape(marker) for marker in FORWARD_MARKERS))
+
 # Private-use placeholder for whitespace that held a source line break: between two Japanese
 # or Chinese characters a reader sees nothing there, elsewhere a space.
 _SOFT_BREAK = "\ue000"
@@ -78,7 +81,7 @@ _ANY_TAG = re.compile(r"<[^<>]*>")
 def starts_with_forward_marker(text: str) -> bool:
     """Whether `text` opens with a forwarding line such as `---- Forwarded message ----`."""
     head = text.lstrip(" \t\n-–—_*>").lower()[:80]
-    return any(head.startswith(marker) for marker in FORWARD_MARKERS)
+    return _FORWARD_MARKER_RE.match(head) is not None
 
 
 def html_to_text(html: str, *, strip_quotes: bool = False, forward: bool = False) -> str:

@@ -92,7 +92,7 @@ def strip_quotes(text: str, *, forward: bool = False) -> str:
         if _is_quote_line(stripped):
             index += 1
             continue
-        if starts_with_forward_marker(stripped) and _looks_like_marker(stripped):
+        if _looks_like_marker(stripped) and starts_with_forward_marker(stripped):
             in_forward = True
         elif not in_forward and (_SEPARATOR.match(stripped) or _is_header_block(lines, index)):
             break
@@ -145,6 +145,8 @@ def _attribution_guard(line: str) -> int:
     """The guard of the first attribution pattern `line` matches; 0 if it is no attribution."""
     if not line or len(line) > _MAX_ATTRIBUTION_CHARS:
         return 0
+    if not line.rstrip().endswith((":", "：")):
+        return 0  # every pattern ends with a colon: most lines are done here, without a regex
     for pattern, guard in _ATTRIBUTION_PATTERNS:
         if pattern.match(line):
             return guard
@@ -170,6 +172,8 @@ def _next_nonblank(lines: list[str], start: int) -> int | None:
 
 def _label(line: str) -> str | None:
     """The header label of a line such as `*From:* Sam` or `送信日時: 2024/06/03`, if any."""
+    if ":" not in line and "：" not in line:
+        return None
     stripped = line.strip().lstrip("*").lstrip()
     for position, char in enumerate(stripped[:24]):
         if char in ":：":
