@@ -320,6 +320,83 @@ def _has_break(pattern: re.Pattern[str], text: str, start: int, end: int) -> boo
     return match is not None and match.start() < end
 
 
+class _SentenceFilter:
+    """Drops rules whose sentence-scope clauses have no sentence holding all their items.
+
+    Placing candidates (word indices, sentences) is the costly step, and in a long message
+    common words ("you", "page", "order") make many rules possible somewhere in the part. A
+    sentence number per candidate is cheap (one bisect), and a clause with `scope: sentence`
+    can only hold in a sentence where every `all` item and one `any` item occur. Every word of
+    a term's match stands in the match's sentence (phrases and gaps never cross a sentence
+    end), so the sentences holding candidates of all of a term's words are a superset.
+    `none` items and word distances are left to the full evaluation: this only skips rules that
+    could never match.
+    """
+
+    def __init__(self, part: _Part) -> None:
+        self.part = part
+        self.ruleset = part.ruleset
+        text = part.norm.text
+        self.breaks = [m.start() for m in SENTENCE_BREAK_RE.finditer(text)]
+        self._by_pattern: dict[int, set[int]] = {}
+        self._by_item: dict[int, set[int]] = {}
+
+    def keep(self, rules: list[Rule]) -> list[Rule]:
+        return [
+            rule
+            for rule in rules
+            if self._may_hold(rule.clause) and all(self._may_hold(extra) for extra in rule.requires)
+        ]
+
+    def _may_hold(self, clause: Clause) -> bool:
+        if clause.scope is not Scope.SENTENCE:
+            return True
+        common: set[int] | None = None
+        for item in clause.all:
+            found = self._item(item)
+            common = set(found) if common is None else common & found
+            if not common:
+                return False
+        if clause.any:
+            anywhere: set[int] = set()
+            for item in clause.any:
+                anywhere |= self._item(item)
+            common = anywhere if common is None else common & anywhere
+        return bool(common)
+
+    def _item(self, item: Item) -> set[int]:
+        plan = self.ruleset.item_plans[id(item)]
+        found = self._by_item.get(plan.index)
+        if found is None:
+            found = set()
+            compiled = self.ruleset.compiled_terms
+            for term_id in plan.term_ids:
+                steps = compiled[term_id]
+                sentences = self._pattern(steps[0][0])
+                for pid, _ in steps[1:]:
+                    if not sentences:
+                        break
+                    sentences = sentences & self._pattern(pid)
+                found |= sentences
+            left = bisect.bisect_left
+            breaks = self.breaks
+            for name in plan.builtins:
+                occs = self.part.builtin_occs.get(name, ())
+                found.update(left(breaks, occ.start) for occ in occs)
+            self._by_item[plan.index] = found
+        return found
+
+    def _pattern(self, pid: int) -> set[int]:
+        found = self._by_pattern.get(pid)
+        if found is None:
+            left = bisect.bisect_left
+            breaks = self.breaks
+            found = self._by_pattern[pid] = {
+                left(breaks, start) for start, _ in self.part.atoms.get(pid, ())
+            }
+        return found
+
+
 # --- clause evaluation ----------------------------------------------------------------
 
 
@@ -486,6 +563,8 @@ class RuleSet:
             if _clause_possible(part, rule.clause)
             and all(_clause_possible(part, extra) for extra in rule.requires)
         ]
+        if candidates:
+            candidates = _SentenceFilter(part).keep(candidates)
         if not candidates:
             return []
         needed: set[int] = set()
