@@ -69,8 +69,13 @@ _FORWARD_MARKER_RE = re.compile("|".join(re.escape(marker) for marker in FORWARD
 # or Chinese characters a reader sees nothing there, elsewhere a space.
 _SOFT_BREAK = "\ue000"
 _CJK = r"\u3000-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff00-\uffef"
-_SOFT_BREAK_BETWEEN_CJK = re.compile(f"(?<=[{_CJK}]){_SOFT_BREAK}+(?=[{_CJK}])")
-_SPACE_RUN = re.compile(r"[ \t\n\r\f]+")
+# The CJK character is captured, not looked behind for: a pattern that opens with a character
+# class lets the regex engine skip ahead, one that opens with a look-behind tries every position.
+_SOFT_BREAK_BETWEEN_CJK = re.compile(f"([{_CJK}]){_SOFT_BREAK}+(?=[{_CJK}])")
+# A run of spaces that holds a line break becomes a soft break, any other run one space: two
+# plain substitutions instead of a Python callback per run (every space of every text node).
+_SPACE_RUN_WITH_BREAK = re.compile(r"[ \t\r\f]*\n[ \t\n\r\f]*")
+_SPACE_RUN = re.compile(r"[ \t\r\f]+")
 _SPACES_AROUND_NEWLINE = re.compile(r"[ \t]*\n[ \t]*")
 _MULTI_SPACE = re.compile(r"[ \t]{2,}")
 _MANY_NEWLINES = re.compile(r"\n{3,}")
@@ -167,9 +172,12 @@ class _Renderer(HTMLParser):
         while self._captures:
             self._end_capture()
         raw = "".join(self._main)
-        raw = _SOFT_BREAK_BETWEEN_CJK.sub("", raw).replace(_SOFT_BREAK, " ")
-        raw = _SPACES_AROUND_NEWLINE.sub("\n", raw)
-        raw = _MULTI_SPACE.sub(" ", raw)
+        raw = _SOFT_BREAK_BETWEEN_CJK.sub(r"\1", raw).replace(_SOFT_BREAK, " ")
+        # Each substitution tries every position of a long text: skip those with nothing to do.
+        if "\t" in raw or " \n" in raw or "\n " in raw:
+            raw = _SPACES_AROUND_NEWLINE.sub("\n", raw)
+        if "\t" in raw or "  " in raw:
+            raw = _MULTI_SPACE.sub(" ", raw)
         return _MANY_NEWLINES.sub("\n\n", raw).strip()
 
     # Quote containers ---------------------------------------------------------------------
@@ -283,13 +291,11 @@ class _Renderer(HTMLParser):
         if self._pre:
             self._emit(data)
             return
-        self._emit(_SPACE_RUN.sub(_collapse_whitespace, data))
+        if "\n" in data:
+            data = _SPACE_RUN_WITH_BREAK.sub(_SOFT_BREAK, data)
+        self._emit(_SPACE_RUN.sub(" ", data))
 
     def close(self) -> None:
         super().close()
         while self._open:
             self._close(self._pop())
-
-
-def _collapse_whitespace(match: re.Match[str]) -> str:
-    return _SOFT_BREAK if "\n" in match.group() else " "
