@@ -651,20 +651,31 @@ class _WordTable:
     def scan(self, text: str, atoms: dict[int, list[tuple[int, int]]]) -> None:
         if self.regex is None:
             return
-        memo = self.memo
+        # Collect spans per distinct word first (mail repeats "the", "you", "order" hundreds
+        # of times), then hand them to the word's patterns: one dict lookup per candidate.
+        by_word: dict[str, list[tuple[int, int]]] = {}
         for match in self.regex.finditer(text):
             word = match.group()
+            spans = by_word.get(word)
+            if spans is None:
+                by_word[word] = [match.span()]
+            else:
+                spans.append(match.span())
+        memo = self.memo
+        merged: list[int] = []
+        for word, spans in by_word.items():
             pids = memo.get(word)
             if pids is None:
                 pids = self.lookup(word)
-            if pids:
-                span = match.span()
-                for pid in pids:
-                    found = atoms.get(pid)
-                    if found is None:
-                        atoms[pid] = [span]
-                    else:
-                        found.append(span)
+            for pid in pids:
+                found = atoms.get(pid)
+                if found is None:
+                    atoms[pid] = spans  # shared between patterns, never changed in place
+                else:
+                    atoms[pid] = found + spans
+                    merged.append(pid)
+        for pid in merged:
+            atoms[pid].sort()  # several words of one prefix: back into text order
 
 
 def _trie_regex(words: Iterable[str]) -> str:
