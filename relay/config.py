@@ -531,6 +531,7 @@ class AuthConfig:
     )
     required: bool = setting(False, boolean, "clients must AUTH before MAIL (else 530 5.7.0)")
     failure_delay: float = setting(2.0, seconds, "wait before answering a failed AUTH")
+    max_failures: int = setting(3, integer(1), "failed AUTHs before 421 4.7.0 and disconnect")
 
     def validate(self) -> tuple[str, str] | None:
         if self.required and not self.users:

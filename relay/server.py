@@ -50,6 +50,7 @@ _DUMMY_HASH = (
 )
 CONTROL_IN_COMMAND = "501 5.5.2 Error: control character in command"
 CONTROL_CHARACTER = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+TOO_MANY_AUTH_FAILURES = "421 4.7.0 Error: too many failed authentications, goodbye"
 IDLE_TIMEOUT = "421 4.4.2 Error: timeout exceeded, closing the connection"
 
 ScannerFactory = Callable[[Config], ScanFn]
@@ -115,6 +116,7 @@ class RelaySMTP(FastDataMixin, SMTP):
         self.relay = relay
         self.in_data = False
         self.refusal: str | None = None
+        self.auth_failures = 0  # per connection: STARTTLS starts a new aiosmtpd session
         self.normalize_line_endings = relay.config.listen.bare_line_endings == "normalize"
         self.max_header_size = relay.config.limits.max_header_size
         self.data_timeout = relay.config.limits.command_timeout
@@ -202,6 +204,11 @@ class RelaySMTP(FastDataMixin, SMTP):
         assert isinstance(self.session, RelaySession)
         self.relay_handler.auth_failed(self.session, user, mechanism)
         await asyncio.sleep(auth.failure_delay)  # slows guessing without blocking others
+        self.auth_failures += 1
+        if self.auth_failures >= auth.max_failures and self.transport is not None:
+            await self.push(TOO_MANY_AUTH_FAILURES)
+            self.transport.close()
+            return AuthResult(success=False, handled=True)  # answered already
         return AuthResult(success=False, handled=False)
 
     def data_refused(self, reply: str, received: int) -> None:

@@ -377,3 +377,28 @@ async def test_reload_turns_on_starttls_and_auth_for_new_sessions(
         await client.auth_plain("erp", PASSWORD)
     finally:
         await client.quit()
+
+
+async def test_third_failed_auth_disconnects_with_421(
+    sink: Sink, write_config: WriteConfig, start_relay: StartRelay, certificate: tuple[Path, Path]
+) -> None:
+    relay = await start_tls_relay(
+        sink, write_config, start_relay, certificate, auth={**users(), "failure_delay": 0.05}
+    )
+    client = await connect(relay, certificate[0])
+    try:
+        await client.starttls()
+        await client.ehlo()
+        for _ in range(2):
+            with pytest.raises(aiosmtplib.SMTPAuthenticationError) as failed:
+                await client.auth_plain("erp", "guess")
+            assert failed.value.code == 535
+        with pytest.raises(aiosmtplib.SMTPException) as last:
+            await client.auth_plain("erp", "guess")
+        assert getattr(last.value, "code", 421) == 421
+        with pytest.raises(aiosmtplib.SMTPException):
+            await client.noop()
+    finally:
+        client.close()
+    failures = [e for e in await relay.audit_events("error") if e.get("stage") == "AUTH"]
+    assert len(failures) == 3
