@@ -109,8 +109,8 @@ SMUGGLED = (
 HEAD = b"From: shop@example.com\r\nTo: buyer@example.org\r\nSubject: Order\r\n\r\nHello.\r\n"
 
 
-def nested(depth: int) -> bytes:
-    inner = b"Content-Type: text/plain\r\n\r\nThe innermost part.\r\n"
+def nested(depth: int, body: bytes = b"The innermost part.\r\n") -> bytes:
+    inner = b"Content-Type: text/plain\r\n\r\n" + body
     for level in range(depth):
         boundary = f"b{level}".encode()
         inner = (
@@ -519,7 +519,10 @@ async def test_noop_is_answered_while_a_hostile_message_is_processed(
 ) -> None:
     """Liveness: a big, deeply broken message must not stall other sessions."""
     relay = await start_relay(write_config(upstream=sink.upstream()))
-    hostile = data(nested(45) + many_parts(450)[60:] + (b"x" * 998 + b"\r\n") * 150)
+    # Broken MIME, long lines, and a body of dense trigger words that keeps the scanner busy
+    # for a second or more (measured: 400 KB of it takes about 1.5 s).
+    dense = b"please leave review star refund gift card coupon amazon feedback " * 15 + b"\r\n"
+    hostile = data(nested(45, (b"x" * 998 + b"\r\n") * 150 + dense * 400))
     busy, _ = await RawClient.connect(relay.port)
     other, _ = await RawClient.connect(relay.port)
     try:
@@ -528,19 +531,23 @@ async def test_noop_is_answered_while_a_hostile_message_is_processed(
         busy.writer.write(hostile)
         await busy.writer.drain()
         assert (await other.send(b"EHLO other.test\r\n")).startswith("250")
-        worst = 0.0
+        worst, answered = 0.0, 0
         pending = asyncio.ensure_future(busy.reply(wait=60))
         while not pending.done():
             started = time.monotonic()
             assert (await other.send(b"NOOP\r\n")).startswith("250")
             worst = max(worst, time.monotonic() - started)
+            answered += 1
             await asyncio.sleep(0.01)
         assert worst < 1.0, worst
+        assert answered >= 3, "the hostile message was done before it could get in the way"
         assert pending.result().startswith("250"), pending.result()
     finally:
         await busy.close()
         await other.close()
     assert len(sink.messages) == 1
+    [line] = await relay.messages()
+    assert line["duration_ms"] >= 300  # it was busy: the NOOPs above overlapped it
 
 
 async def test_scan_over_the_deadline_is_held_with_reason_limits(
