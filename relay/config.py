@@ -560,6 +560,9 @@ class RulesConfig:
         list_of(fs_path(must_exist=True), min_items=1),
         "rule-pack files or folders; default: the bundled packs",
     )
+    scan_workers: int = setting(
+        0, integer(0, 64), "processes that scan messages; default 0: a thread of the relay's own"
+    )
 
 
 @dataclass(frozen=True)

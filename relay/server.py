@@ -37,6 +37,7 @@ from relay.handler import RelayHandler, RelaySession, Runtime, ScanFn, clean_sca
 from relay.limits import check_extracted
 from relay.model import Verdict
 from relay.quarantine import QuarantineStore
+from relay.scanpool import PooledScanner, close_scanner
 from relay.smtpdata import FastDataMixin
 
 IDENT = "outbox-relay ESMTP"
@@ -90,10 +91,19 @@ def rules_scanner(config: Config) -> ScanFn:
     """Scan with the rule packs in `rules.paths`; a broken pack raises RuleError.
 
     The returned callable is pure and thread-safe (the handler runs it off the event loop):
-    extraction, then every rule against every part.
+    extraction, then every rule against every part: in the calling thread, or in
+    `rules.scan_workers` worker processes (relay.scanpool) when that is above 0.
     """
     ruleset = load_configured_rules(config.rules.paths)
     limits = config.limits
+    if config.rules.scan_workers > 0:
+        return PooledScanner(
+            ruleset,
+            config.rules.paths,
+            config.rules.scan_workers,
+            max_depth=limits.max_mime_depth,
+            max_parts=limits.max_mime_parts,
+        )
 
     def scan(data: bytes) -> Verdict:
         extracted = extract(data, max_depth=limits.max_mime_depth, max_parts=limits.max_mime_parts)
@@ -306,12 +316,14 @@ class RelayServer:
                 raise ConfigError(
                     f"cannot create the Maildir: {exc.strerror}", key_path="upstream.maildir"
                 ) from exc
+        scan = self.make_scanner(config)
+        try:
+            quarantine = self._build_quarantine(config)
+        except BaseException:
+            close_scanner(scan)
+            raise
         return Runtime(
-            config=config,
-            forwarder=forwarder,
-            audit=audit,
-            scan=self.make_scanner(config),
-            quarantine=self._build_quarantine(config),
+            config=config, forwarder=forwarder, audit=audit, scan=scan, quarantine=quarantine
         )
 
     def _build_quarantine(self, config: Config) -> QuarantineStore:
@@ -387,6 +399,7 @@ class RelayServer:
         try:
             self._server = await loop.create_server(self._protocol, listen.host, listen.port)
         except BaseException:
+            close_scanner(self._runtime.scan)
             audit.close()
             raise
         self.port = self._server.sockets[0].getsockname()[1]
@@ -423,6 +436,7 @@ class RelayServer:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._server.wait_closed(), 1)
         await close_idle_connections(self.runtime.forwarder)
+        close_scanner(self.runtime.scan)
         # Let audit lines scheduled right after a final reply reach the queue.
         for _ in range(3):
             await asyncio.sleep(0)
@@ -473,6 +487,7 @@ class RelayServer:
         self._handler.runtime = runtime
         # The old forwarder's pooled upstream connections point at the old upstream.
         self._spawn(lambda: close_idle_connections(old.forwarder))
+        close_scanner(old.scan)
         if new_audit is not None:
             await asyncio.to_thread(old.audit.close)
         else:
