@@ -112,13 +112,33 @@ class _Part:
     # Word indices, sentences and paragraphs are computed once, for the positions that
     # matter (starts and ends of candidates). Few positions: count segment by segment from
     # left to right; many: list every word start and break once and look positions up.
-    def place(self, pids: Iterable[int]) -> None:
+    def place(
+        self,
+        pids: Iterable[int],
+        partial: Iterable[int] = (),
+        sentences: set[int] | None = None,
+        breaks: Sequence[int] = (),
+    ) -> None:
+        """Places every candidate of `pids`, and those of `partial` inside `sentences` only.
+
+        `sentences` are numbered by `breaks` (starts of sentence breaks), as _SentenceFilter
+        numbers them: the rules that need `partial` can only match inside those sentences.
+        """
         occs: list[_Occ] = []
         for pid in pids:
             raw = self.atoms.get(pid)
             if raw:
                 placed = self.occs[pid] = [_Occ(start, end) for start, end in raw]
                 occs.extend(placed)
+        if sentences:
+            left = bisect.bisect_left
+            for pid in partial:
+                raw = self.atoms.get(pid)
+                if raw:
+                    placed = [_Occ(s, e) for s, e in raw if left(breaks, s) in sentences]
+                    if placed:
+                        self.occs[pid] = placed
+                        occs.extend(placed)
         occs += [o for lst in self.builtin_occs.values() for o in lst]
         if not occs:
             return
@@ -250,9 +270,13 @@ class _Part:
 
     def item_possible(self, item: Item) -> bool:
         """Cheap check before any positions are computed: could the item match at all?"""
+        return self.ruleset.item_plans[id(item)].index in self.possible()
+
+    def possible(self) -> set[int]:
+        """The indices of the items that could match, from the candidate words alone."""
         if self._possible is None:
             self._possible = self.ruleset.index.possible_items(self)
-        return self.ruleset.item_plans[id(item)].index in self._possible
+        return self._possible
 
 
 def _start(occ: _Occ) -> int:
@@ -340,29 +364,42 @@ class _SentenceFilter:
         self.breaks = [m.start() for m in SENTENCE_BREAK_RE.finditer(text)]
         self._by_pattern: dict[int, set[int]] = {}
         self._by_item: dict[int, set[int]] = {}
+        # Per kept rule: the sentences it may match in; None when a clause is not sentence-scope.
+        self.where: dict[int, set[int] | None] = {}
 
     def keep(self, rules: list[Rule]) -> list[Rule]:
-        return [
-            rule
-            for rule in rules
-            if self._may_hold(rule.clause) and all(self._may_hold(extra) for extra in rule.requires)
-        ]
+        kept = []
+        for rule in rules:
+            where: set[int] | None = set()
+            for clause in (rule.clause, *rule.requires):
+                found = self._sentences(clause)
+                if found is None:
+                    where = None
+                elif not found:
+                    break
+                elif where is not None:
+                    where |= found
+            else:
+                self.where[id(rule)] = where
+                kept.append(rule)
+        return kept
 
-    def _may_hold(self, clause: Clause) -> bool:
+    def _sentences(self, clause: Clause) -> set[int] | None:
+        """The sentences where a clause may hold (None: it is not sentence-scope)."""
         if clause.scope is not Scope.SENTENCE:
-            return True
+            return None
         common: set[int] | None = None
         for item in clause.all:
             found = self._item(item)
             common = set(found) if common is None else common & found
             if not common:
-                return False
+                return set()
         if clause.any:
             anywhere: set[int] = set()
             for item in clause.any:
                 anywhere |= self._item(item)
             common = anywhere if common is None else common & anywhere
-        return bool(common)
+        return common or set()
 
     def _item(self, item: Item) -> set[int]:
         plan = self.ruleset.item_plans[id(item)]
@@ -518,6 +555,11 @@ class RuleSet:
     item_plans: Mapping[int, _ItemPlan] = field(default_factory=dict)
     index: _ItemIndex = field(default_factory=lambda: _ItemIndex((), ()))
     rule_patterns: Mapping[int, frozenset[int]] = field(default_factory=dict)
+    # Per rule: the items every clause needs and, per clause with `any`, the items of which one
+    # must occur; the first test of every rule on every part, so two set operations.
+    rule_needs: Mapping[int, tuple[frozenset[int], tuple[frozenset[int], ...]]] = field(
+        default_factory=dict
+    )
     phrase_offsets: tuple[tuple[int, ...] | None, ...] = ()
 
     def evaluate(self, scan: ScanInput) -> Verdict:
@@ -557,20 +599,32 @@ class RuleSet:
     def _judge_part(self, text: str, rules: Sequence[Rule]) -> list[tuple[Rule, str]]:
         """The rules that hit one part's text, each with its excerpt."""
         part = self._prepare(text)
-        candidates = [
-            rule
-            for rule in rules
-            if _clause_possible(part, rule.clause)
-            and all(_clause_possible(part, extra) for extra in rule.requires)
-        ]
-        if candidates:
-            candidates = _SentenceFilter(part).keep(candidates)
+        possible = part.possible()
+        needs = self.rule_needs
+        candidates = []
+        for rule in rules:
+            every, some = needs[id(rule)]
+            if every <= possible and all(not group.isdisjoint(possible) for group in some):
+                candidates.append(rule)
         if not candidates:
             return []
+        sentence_filter = _SentenceFilter(part)
+        candidates = sentence_filter.keep(candidates)
+        if not candidates:
+            return []
+        # Rules whose clauses are all sentence-scope need their candidates placed only in
+        # the sentences where they may hold: a long message has many sentences.
         needed: set[int] = set()
+        partial: set[int] = set()
+        sentences: set[int] = set()
         for rule in candidates:
-            needed.update(self.rule_patterns[id(rule)])
-        part.place(needed)
+            where = sentence_filter.where[id(rule)]
+            if where is None:
+                needed.update(self.rule_patterns[id(rule)])
+            else:
+                partial.update(self.rule_patterns[id(rule)])
+                sentences |= where
+        part.place(needed, partial - needed, sentences, sentence_filter.breaks)
         found = []
         for rule in candidates:
             span = _match_clause(part, rule.clause)
@@ -836,6 +890,21 @@ def _compile(
         item_plans=plans,
         index=_ItemIndex(plan_by_item.values(), compiled),
         phrase_offsets=tuple(_phrase_offsets(steps, pattern_list) for steps in compiled),
+        rule_needs={
+            id(rule): (
+                frozenset(
+                    plans[id(item)].index
+                    for clause in (rule.clause, *rule.requires)
+                    for item in clause.all
+                ),
+                tuple(
+                    frozenset(plans[id(item)].index for item in clause.any)
+                    for clause in (rule.clause, *rule.requires)
+                    if clause.any
+                ),
+            )
+            for rule in rules
+        },
         rule_patterns={
             id(rule): frozenset(
                 pid
