@@ -213,6 +213,8 @@ class FastDataMixin:
             with contextlib.suppress(ConnectionError):
                 await self.push(DATA_TIMEOUT)
             self.data_refused(DATA_TIMEOUT, 0)
+            # What it had sent so far is message text, not commands to run before the close.
+            reader._buffer.clear()  # type: ignore[attr-defined]
             self._writer.close()
             return
         except asyncio.CancelledError:

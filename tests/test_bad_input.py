@@ -45,7 +45,10 @@ class RawClient:
     async def reply(self, wait: float = 10) -> str:
         """The next reply's last line ('' when the server closed the connection)."""
         while True:
-            line = await asyncio.wait_for(self.reader.readline(), wait)
+            try:
+                line = await asyncio.wait_for(self.reader.readline(), wait)
+            except ConnectionResetError:  # closed while we were still sending
+                return ""
             if not line:
                 return ""
             if line[3:4] != b"-":
@@ -57,8 +60,8 @@ class RawClient:
         return await self.reply()
 
     async def close(self) -> None:
-        self.writer.close()
         with contextlib.suppress(ConnectionError, OSError):
+            self.writer.close()
             await self.writer.wait_closed()
 
 
