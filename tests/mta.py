@@ -43,9 +43,15 @@ class MTAError(RuntimeError):
     """Postfix could not be installed, configured, started or inspected."""
 
 
+# Debian packages the tests use and the command each provides (ss and pgrep let the harness
+# test check which addresses an instance listens on).
+PACKAGES = {"postfix": "postfix", "swaks": "swaks", "ss": "iproute2", "pgrep": "procps"}
+
+
 def _have_tools() -> bool:
     binaries = (POSTFIX, POSTQUEUE, POSTSUPER, SMTP_SOURCE, SMTP_SINK)
-    return all(p.exists() for p in binaries) and shutil.which("swaks") is not None
+    commands = [cmd for cmd in PACKAGES if cmd != "postfix"]
+    return all(p.exists() for p in binaries) and all(shutil.which(c) for c in commands)
 
 
 def ensure_postfix() -> None:
@@ -83,15 +89,7 @@ def _apt_install() -> None:
     )
     if shutil.which("debconf-set-selections"):
         subprocess.run(["debconf-set-selections"], input=preseed, text=True, env=env, check=False)
-    install = [
-        "apt-get",
-        "install",
-        "-y",
-        "-q",
-        "--no-install-recommends",
-        "postfix",
-        "swaks",
-    ]
+    install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", *PACKAGES.values()]
     first = subprocess.run(install, env=env, capture_output=True, text=True, check=False)
     if first.returncode == 0:
         return
