@@ -34,6 +34,20 @@ ScanFn = Callable[[bytes], Verdict]
 TEMPORARY_FAILURE = "451 4.3.0 Error: internal error, please try again later"
 QUARANTINE_FAILURE = "451 4.3.0 Error: cannot hold the message for review, please try again later"
 MAX_SUBJECT = 200
+# The audit-line fields a quarantined message's sidecar keeps for `quarantine show`/`release`.
+QUARANTINE_META_KEYS = (
+    "session_id",
+    "client",
+    "auth_user",
+    "mail_from",
+    "rcpt_to",
+    "message_id",
+    "subject",
+    "size",
+    "verdict",
+    "categories",
+    "rules_version",
+)
 SENDER_NOT_ALLOWED = "553 5.7.1 Error: sender address not allowed for this user"
 
 
@@ -309,32 +323,32 @@ class RelayHandler:
         verdict: Verdict,
     ) -> str:
         """Hold the message for review; 250 only once it and its metadata are on disk."""
-        meta = {
-            key: record[key]
-            for key in (
-                "session_id",
-                "client",
-                "auth_user",
-                "mail_from",
-                "rcpt_to",
-                "message_id",
-                "subject",
-                "size",
-                "verdict",
-                "categories",
-                "rules_version",
-            )
-        }
-        meta["mail_options"] = list(envelope.mail_options)
-        meta["hits"] = [{**hit.as_report(), "description": hit.description} for hit in verdict.hits]
+        hits = [{**hit.as_report(), "description": hit.description} for hit in verdict.hits]
+        failure = await self._hold(runtime, envelope, data, queue_id, record, {"hits": hits})
+        if failure is not None:
+            record["error"] = str(failure)
+            return QUARANTINE_FAILURE
+        return f"250 2.0.0 queued as {queue_id}"
+
+    @staticmethod
+    async def _hold(
+        runtime: Runtime,
+        envelope: Envelope,
+        data: bytes,
+        queue_id: str,
+        record: dict[str, Any],
+        extra: dict[str, Any],
+    ) -> QuarantineError | None:
+        """Write the message and its metadata to the quarantine; the error if that failed."""
+        meta = {key: record[key] for key in QUARANTINE_META_KEYS}
+        meta.update(mail_options=list(envelope.mail_options), **extra)
         try:
             if runtime.quarantine is None:
                 raise QuarantineError("no quarantine store configured")
             await runtime.quarantine.hold(queue_id, data, meta)
         except QuarantineError as exc:
-            record["error"] = str(exc)
-            return QUARANTINE_FAILURE
-        return f"250 2.0.0 queued as {queue_id}"
+            return exc
+        return None
 
     async def _forward(
         self,
@@ -375,30 +389,10 @@ class RelayHandler:
             reason="limits",
             error=str(exc),
         )
-        meta = {
-            key: record[key]
-            for key in (
-                "session_id",
-                "client",
-                "auth_user",
-                "mail_from",
-                "rcpt_to",
-                "message_id",
-                "subject",
-                "size",
-                "verdict",
-                "categories",
-                "rules_version",
-                "hits",
-            )
-        }
-        meta.update(mail_options=list(envelope.mail_options), reason="limits", limit=str(exc))
-        try:
-            if runtime.quarantine is None:
-                raise QuarantineError("no quarantine store configured")
-            await runtime.quarantine.hold(queue_id, data, meta)
-        except QuarantineError as hold_error:
-            record["error"] = f"{exc}; {hold_error}"
+        extra = {"hits": record["hits"], "reason": "limits", "limit": str(exc)}
+        failure = await self._hold(runtime, envelope, data, queue_id, record, extra)
+        if failure is not None:
+            record["error"] = f"{exc}; {failure}"
             return QUARANTINE_FAILURE
         return f"250 2.0.0 queued as {queue_id}"
 
