@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import os
 import socket
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -231,6 +233,33 @@ class ScriptedServer:
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+async def spawn_serve(
+    config: Path,
+    *,
+    stdout: int = asyncio.subprocess.PIPE,
+    env: dict[str, str] | None = None,
+) -> asyncio.subprocess.Process:
+    """`python -m relay serve --config CONFIG` as a real process, unbuffered, from the repo.
+
+    Tests that need real signals, exit codes or a SIGKILL use this instead of RelayServer.
+    """
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "relay",
+        "serve",
+        "--config",
+        str(config),
+        stdout=stdout,
+        stderr=asyncio.subprocess.PIPE,
+        cwd=REPO,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+    )
 
 
 def unused_port() -> int:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import signal
 import socket
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.support import MESSAGE, send
+from tests.support import MESSAGE, send, spawn_serve
 
 REPO = Path(__file__).resolve().parent.parent
 EX_CONFIG = 78
@@ -135,18 +134,7 @@ async def test_dev_config_serves_and_delivers_into_its_maildir(tmp_path: Path) -
     path = tmp_path / "dev.yaml"
     path.write_text(yaml.safe_dump(config))
 
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "relay",
-        "serve",
-        "--config",
-        str(path),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        cwd=REPO,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
+    process = await spawn_serve(path)
     try:
         assert process.stderr is not None and process.stdout is not None
         banner = (await asyncio.wait_for(process.stderr.readline(), 20)).decode()

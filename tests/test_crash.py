@@ -8,18 +8,15 @@ real process (`python -m relay serve`); the upstream sink runs in the test's loo
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import signal
-import sys
 from pathlib import Path
 
 import aiosmtplib
 
 from tests.conftest import WriteConfig
-from tests.support import Sink, send
+from tests.support import Sink, send, spawn_serve
 
-REPO = Path(__file__).resolve().parent.parent
 CLIENTS = 24
 MESSAGES_EACH = 6
 KILL_AFTER = 40  # acknowledged messages before the kill: many more are still in flight
@@ -45,18 +42,7 @@ async def test_sigkill_loses_no_acknowledged_message(
 ) -> None:
     sink.handler.data_delay = 0.02  # keep transactions in flight at the upstream too
     path = write_config(upstream=sink.upstream())
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "relay",
-        "serve",
-        "--config",
-        str(path),
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-        cwd=REPO,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
+    process = await spawn_serve(path, stdout=asyncio.subprocess.DEVNULL)
     acknowledged: list[str] = []
     enough = asyncio.Event()
 

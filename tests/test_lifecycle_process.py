@@ -8,20 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import signal
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.support import MESSAGE, Sink, send
+from tests.support import MESSAGE, Sink, send, spawn_serve
 from tests.test_server import notify_socket, received
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 class Process:
@@ -54,18 +50,7 @@ async def serving(sink: Sink, tmp_path: Path) -> AsyncIterator[tuple[Process, Pa
         )
     )
     sock = notify_socket(tmp_path / "notify")
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "relay",
-        "serve",
-        "--config",
-        str(path),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        cwd=REPO,
-        env={**os.environ, "PYTHONUNBUFFERED": "1", "NOTIFY_SOCKET": str(tmp_path / "notify")},
-    )
+    process = await spawn_serve(path, env={"NOTIFY_SOCKET": str(tmp_path / "notify")})
     try:
         assert process.stderr is not None
         banner = (await asyncio.wait_for(process.stderr.readline(), 30)).decode()

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import signal
 import socket
-import sys
 from pathlib import Path
 
 import aiosmtplib
@@ -21,9 +19,7 @@ from relay.model import CLEAN, Action
 from relay.policy import Decision, decide
 from relay.server import rules_scanner
 from tests.conftest import StartRelay, WriteConfig
-from tests.support import MESSAGE, RunningRelay, Sink, make_message, send
-
-REPO = Path(__file__).resolve().parent.parent
+from tests.support import MESSAGE, RunningRelay, Sink, make_message, send, spawn_serve
 
 
 def rewrite(path: Path, **changes: dict[str, object]) -> None:
@@ -254,18 +250,7 @@ async def test_sighup_reloads_and_sigterm_stops_a_serving_process(
             }
         )
     )
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "relay",
-        "serve",
-        "--config",
-        str(path),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        cwd=REPO,
-        env={**os.environ, "PYTHONUNBUFFERED": "1", "NOTIFY_SOCKET": str(tmp_path / "notify")},
-    )
+    process = await spawn_serve(path, env={"NOTIFY_SOCKET": str(tmp_path / "notify")})
     assert process.stdout is not None and process.stderr is not None
 
     async def next_event(name: str) -> dict[str, object]:
