@@ -28,6 +28,7 @@ import aiosmtplib
 
 from relay import smtpwire
 from relay.config import UpstreamConfig
+from relay.durable import fsync_dir, write_synced
 from relay.errors import UpstreamError
 
 smtpwire.install()
@@ -300,16 +301,9 @@ class MaildirForwarder:
         tmp = self.path / "tmp" / name
         final = self.path / "new" / name
         try:
-            with open(tmp, "xb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
+            write_synced(tmp, data)
             os.rename(tmp, final)
-            folder = os.open(self.path / "new", os.O_RDONLY)
-            try:
-                os.fsync(folder)
-            finally:
-                os.close(folder)
+            fsync_dir(final.parent)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise

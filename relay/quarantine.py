@@ -25,7 +25,6 @@ import fcntl
 import json
 import os
 import re
-import secrets
 import socket
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -35,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from relay.audit import AuditLog
+from relay.durable import fsync_dir, replace_durably, write_synced
 from relay.errors import QuarantineError, UpstreamError
 from relay.forwarder import Forwarder
 
@@ -64,28 +64,6 @@ def parse_time(text: str) -> datetime:
 
 def _reason(exc: OSError) -> str:
     return exc.strerror or type(exc).__name__
-
-
-def _fsync_dir(path: Path) -> None:
-    folder = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
-
-
-def _write_durably(path: Path, data: bytes) -> None:
-    """Replace `path` with `data` atomically: a temporary file, fsync, rename, fsync folder."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "xb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.rename(tmp, path)
-        _fsync_dir(path.parent)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 @dataclass(frozen=True)
@@ -185,15 +163,12 @@ class QuarantineStore:
             self.ensure_folders()
             if sidecar.exists():
                 raise FileExistsError(errno.EEXIST, "quarantine id already taken", str(sidecar))
-            with open(tmp, "xb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            _write_durably(sidecar, _dump(record.meta))
+            write_synced(tmp, data)
+            replace_durably(sidecar, _dump(record.meta))
             sidecar_written = True
             os.rename(tmp, final)
             moved = True
-            _fsync_dir(final.parent)
+            fsync_dir(final.parent)
         except OSError as exc:
             # Leave nothing behind: the client will send the message again after our 451.
             leftovers = [tmp, *([final] if moved else []), *([sidecar] if sidecar_written else [])]
@@ -312,7 +287,7 @@ class QuarantineStore:
         history = [*entry.meta.get("history", []), {"at": utc_now(), **event}]
         updated = Held({**entry.meta, "state": state, "history": history})
         try:
-            _write_durably(self._sidecar(entry.id), _dump(updated.meta))
+            replace_durably(self._sidecar(entry.id), _dump(updated.meta))
         except OSError as exc:
             raise QuarantineError(f"cannot update {entry.id}: {_reason(exc)}") from exc
         return updated
@@ -323,7 +298,7 @@ class QuarantineStore:
         if path is not None and path.parent.name == "new":
             with contextlib.suppress(OSError):
                 os.rename(path, self.path / "cur" / f"{entry.file}:2,S")
-                _fsync_dir(self.path / "cur")
+                fsync_dir(self.path / "cur")
 
     def remove_message(self, entry: Held) -> None:
         path = self.message_path(entry)
@@ -331,7 +306,7 @@ class QuarantineStore:
             return
         try:
             path.unlink()
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
         except FileNotFoundError:
             pass
         except OSError as exc:
