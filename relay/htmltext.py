@@ -72,13 +72,12 @@ _CJK = r"\u3000-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff00-\uffef"
 # The CJK character is captured, not looked behind for: a pattern that opens with a character
 # class lets the regex engine skip ahead, one that opens with a look-behind tries every position.
 _SOFT_BREAK_BETWEEN_CJK = re.compile(f"([{_CJK}]){_SOFT_BREAK}+(?=[{_CJK}])")
-# A run of spaces that holds a line break becomes a soft break, any other run one space: two
-# plain substitutions instead of a Python callback per run (every space of every text node).
-_SPACE_RUN_WITH_BREAK = re.compile(r"[ \t\r\f]*\n[ \t\n\r\f]*")
+# A run of spaces that holds a line break becomes a soft break (`_soft_breaks`), any other run
+# one space.
+_SPACE = " \t\r\f"
 _SPACE_RUN = re.compile(r"[ \t\r\f]+")
-_SPACES_AROUND_NEWLINE = re.compile(r"[ \t]*\n[ \t]*")
 _MULTI_SPACE = re.compile(r"[ \t]{2,}")
-_MANY_NEWLINES = re.compile(r"\n{3,}")
+_MANY_NEWLINES = re.compile(r"\n\n\n+")  # not \n{3,}: a literal start lets the search skip ahead
 _NOT_A_TAG = re.compile(r"<(?![A-Za-z!?/])|<(?=/(?![A-Za-z]))|<(?=!\[(?!CDATA\[))")
 _ANY_TAG = re.compile(r"<[^<>]*>")
 
@@ -114,6 +113,28 @@ def _defuse(html: str) -> str:
     html = _NOT_A_TAG.sub("&lt;", html)
     last = html.rfind(">")
     return html[: last + 1] + html[last + 1 :].replace("<", "&lt;")
+
+
+def _soft_breaks(data: str) -> str:
+    """Replace each run of spaces that holds a line break with one soft break.
+
+    String methods per line, not a regex: a pattern that opens with an optional run of spaces
+    is tried at every position of the text.
+    """
+    lines = data.split("\n")
+    inner = [line.strip(_SPACE) for line in lines[1:-1]]
+    return _SOFT_BREAK.join(
+        [lines[0].rstrip(_SPACE), *[line for line in inner if line], lines[-1].lstrip(_SPACE)]
+    )
+
+
+def _strip_around_newlines(text: str) -> str:
+    """Drop the spaces and tabs on either side of every line break of `text`."""
+    lines = text.split("\n")
+    if len(lines) == 1:
+        return text
+    inner = [line.strip(" \t") for line in lines[1:-1]]
+    return "\n".join([lines[0].rstrip(" \t"), *inner, lines[-1].lstrip(" \t")])
 
 
 def _crude_text(html: str) -> str:
@@ -171,14 +192,18 @@ class _Renderer(HTMLParser):
     def text(self) -> str:
         while self._captures:
             self._end_capture()
-        raw = "".join(self._main)
-        raw = _SOFT_BREAK_BETWEEN_CJK.sub(r"\1", raw).replace(_SOFT_BREAK, " ")
+        joined = "".join(self._main)
+        raw = joined.replace(_SOFT_BREAK, " ")
+        if not raw.isascii():  # else there is no Japanese or Chinese character to join
+            raw = _SOFT_BREAK_BETWEEN_CJK.sub(r"\1", joined).replace(_SOFT_BREAK, " ")
         # Each substitution tries every position of a long text: skip those with nothing to do.
         if "\t" in raw or " \n" in raw or "\n " in raw:
-            raw = _SPACES_AROUND_NEWLINE.sub("\n", raw)
+            raw = _strip_around_newlines(raw)
         if "\t" in raw or "  " in raw:
             raw = _MULTI_SPACE.sub(" ", raw)
-        return _MANY_NEWLINES.sub("\n\n", raw).strip()
+        if "\n\n\n" in raw:
+            raw = _MANY_NEWLINES.sub("\n\n", raw)
+        return raw.strip()
 
     # Quote containers ---------------------------------------------------------------------
 
@@ -292,8 +317,11 @@ class _Renderer(HTMLParser):
             self._emit(data)
             return
         if "\n" in data:
-            data = _SPACE_RUN_WITH_BREAK.sub(_SOFT_BREAK, data)
-        self._emit(_SPACE_RUN.sub(" ", data))
+            data = _soft_breaks(data)
+        # Most text has single spaces only, which the substitution would leave as they are.
+        if "  " in data or "\t" in data or "\r" in data or "\f" in data:
+            data = _SPACE_RUN.sub(" ", data)
+        self._emit(data)
 
     def close(self) -> None:
         super().close()

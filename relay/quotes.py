@@ -18,6 +18,7 @@ header blocks introduce what the seller forwards, which is the seller's to answe
 from __future__ import annotations
 
 import re
+from bisect import bisect_left
 
 from relay.htmltext import starts_with_forward_marker
 
@@ -70,6 +71,14 @@ _HEADER_LABELS = frozenset(
 )  # fmt: skip
 _HEADER_LOOKAHEAD = 5
 
+# Every check below needs one of these characters on the line: a quote mark, the first character
+# of a separator or marker, a marker's trailing dash, or the colon that ends an attribution or a
+# header label. A line without any of them is always kept, so it need not be looked at alone.
+_SIGNIFICANT = re.compile(r"[>\-_=*:：]")
+_COLON_CHAR = re.compile(r"[:：]")
+# An attribution may be wrapped over up to three lines, the last one ending with its colon.
+_ATTRIBUTION_REACH = 2
+
 _FORWARD_SUBJECT = re.compile(
     r"^\s*(fwd?|fw|wg|tr|enc|rv|i|転送)\s*[:：]", re.IGNORECASE
 )  # Fwd:, FW:, WG: (de), TR: (fr), RV: (es), I: (it), 転送:
@@ -83,10 +92,17 @@ def is_forward_subject(subject: str) -> bool:
 def strip_quotes(text: str, *, forward: bool = False) -> str:
     """Return `text` without quoted reply lines, attribution lines and the quoted original."""
     lines = text.split("\n")
+    candidates = _candidate_lines(text)
     kept: list[str] = []
     in_forward = forward
     index = 0
     while index < len(lines):
+        position = bisect_left(candidates, index)
+        plain_until = candidates[position] if position < len(candidates) else len(lines)
+        if plain_until > index:
+            kept.extend(lines[index:plain_until])  # none of the checks below can fire on these
+            index = plain_until
+            continue
         line = lines[index]
         stripped = line.strip()
         if _is_quote_line(stripped):
@@ -110,6 +126,30 @@ def strip_quotes(text: str, *, forward: bool = False) -> str:
     while kept and not kept[-1].strip(" \t_-=*"):
         kept.pop()  # the rule above an Outlook header block, trailing blank lines
     return "\n".join(kept)
+
+
+def _candidate_lines(text: str) -> list[int]:
+    """The sorted indexes of the lines of `text` that a quote, marker or attribution check may hit.
+
+    A regex search per such line instead of Python checks on every line: in most messages only
+    a few lines hold a quote mark, a dash or a colon. A line with a colon also makes the lines
+    above it candidates, where an attribution wrapped over several lines would start.
+    """
+    candidates: set[int] = set()
+    line = 0
+    counted_from = 0
+    match = _SIGNIFICANT.search(text)
+    while match is not None:
+        position = match.start()
+        line += text.count("\n", counted_from, position)
+        line_end = text.find("\n", position)
+        if line_end < 0:
+            line_end = len(text)
+        reach = _ATTRIBUTION_REACH if _COLON_CHAR.search(text, position, line_end) else 0
+        candidates.update(range(max(0, line - reach), line + 1))
+        counted_from = line_end
+        match = _SIGNIFICANT.search(text, line_end + 1)
+    return sorted(candidates)
 
 
 def _is_quote_line(stripped: str) -> bool:

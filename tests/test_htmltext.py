@@ -33,6 +33,20 @@ def test_source_whitespace_collapses() -> None:
     assert html_to_text(html) == "Please leave a review"
 
 
+def test_runs_of_any_source_whitespace_collapse_to_one_space() -> None:
+    html = "<p>Please \t\n \n\n  leave\f\fa &#13;review</p>"
+    assert html_to_text(html) == "Please leave a review"
+
+
+def test_blank_source_lines_between_japanese_characters_are_not_a_space() -> None:
+    html = "<p>日本\n \t\n語</p><p>  \n</p><td>x</td>\n<td> y </td>"
+    assert html_to_text(html) == "日本語\n\nx y"
+
+
+def test_spaces_at_line_ends_go_but_preformatted_breaks_stay() -> None:
+    assert html_to_text("<pre>a \n  b</pre> <p>\n c \n</p>") == "a\nb\n\nc"
+
+
 def test_source_line_break_between_japanese_characters_is_not_a_space() -> None:
     assert html_to_text("<p>星5の\nレビューを\nお願いします</p>") == "星5のレビューをお願いします"
 

@@ -55,6 +55,22 @@ def test_attribution_wrapped_over_two_lines() -> None:
     assert strip_quotes(text) == SELLER
 
 
+def test_attribution_wrapped_over_three_lines_from_a_line_without_colon_or_dash() -> None:
+    # Only the last line holds a colon: the first line must still be looked at as an opener.
+    text = f"{SELLER}\n\nOn Monday 3 June 2024\nSam Buyer <buyer@example.com>\nwrote:\n\n{BUYER}\n"
+    assert strip_quotes(text) == SELLER
+
+
+def test_quote_marks_after_unicode_indentation_are_found() -> None:
+    text = f"{SELLER}\n\u3000> {BUYER}\n\t> Thanks\n"
+    assert strip_quotes(text) == SELLER
+
+
+def test_text_without_any_quote_sign_comes_back_whole_less_trailing_rules() -> None:
+    text = f"{SELLER}\nAnother line\n\n  \n___\n"
+    assert strip_quotes(text) == f"{SELLER}\nAnother line"
+
+
 @pytest.mark.parametrize(
     "separator",
     [
