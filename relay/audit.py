@@ -180,6 +180,10 @@ class AuditLog:
     def emit(self, event: str, **fields: Any) -> None:
         self._log.msg(event, **fields)
 
+    def write_line(self, line: str) -> None:
+        """Queue a line rendered elsewhere (by a worker process) as it is, without its newline."""
+        self._writer.msg(line)
+
     def reopen(self) -> None:
         """Reopen the file (after logrotate); a no-op for stdout."""
         self._writer.reopen()

@@ -69,18 +69,16 @@ def add_serve(subparsers: Subparsers) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from relay.server import RelayServer, announce
+    from relay.supervisor import serve
 
     config = load_config(args.config)  # invalid config: exit 78 before listening
-    server = RelayServer(config)
     try:
-        asyncio.run(server.serve(ready=announce))
+        return serve(config)  # one relay process, or listen.workers of them
     except OSError as exc:
         host, port = config.listen.host, config.listen.port
         reason = os.strerror(exc.errno) if exc.errno else str(exc)
         print(f"outbox-relay: cannot listen on {host}:{port}: {reason}", file=sys.stderr)
         return EX_OSERR
-    return EX_OK
 
 
 # --- check-config -----------------------------------------------------------------------------

@@ -432,6 +432,18 @@ class ListenConfig:
         None, optional(fs_path(kind="file", must_exist=True)), "private key (PEM) of tls_cert"
     )
     require_tls: bool = setting(False, boolean, "clients must STARTTLS before MAIL (else 530)")
+    workers: int = setting(
+        1,
+        integer(0, 64),
+        "relay processes sharing the port (SO_REUSEPORT); 0: one per CPU (needs a restart)",
+    )
+
+    @property
+    def effective_workers(self) -> int:
+        """How many relay processes `workers` asks for (0: one per CPU this process may use)."""
+        if self.workers:
+            return self.workers
+        return max(1, len(os.sched_getaffinity(0)))
 
     def validate(self) -> tuple[str, str] | None:
         if (self.tls_cert is None) != (self.tls_key is None):

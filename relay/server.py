@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import math
 import os
 import re
 import signal
@@ -20,6 +21,7 @@ import ssl
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, AnyStr
 
@@ -55,6 +57,39 @@ TOO_MANY_AUTH_FAILURES = "421 4.7.0 Error: too many failed authentications, good
 IDLE_TIMEOUT = "421 4.4.2 Error: timeout exceeded, closing the connection"
 
 ScannerFactory = Callable[[Config], ScanFn]
+# Set by relay.supervisor for the relay processes it starts: "INDEX/COUNT/PORT".
+WORKER_ENV = "OUTBOX_RELAY_WORKER"
+
+
+@dataclass(frozen=True)
+class WorkerRole:
+    """This relay is worker `index` of `count`, sharing `port` with its siblings.
+
+    A worker listens with SO_REUSEPORT on the port its supervisor reserved, writes its audit
+    lines to standard output (a pipe the supervisor merges into the one audit log), admits its
+    share of `limits.max_connections`, and stops when its standard input closes (the
+    supervisor is gone).
+    """
+
+    index: int
+    count: int
+    port: int
+
+    def to_env(self) -> str:
+        return f"{self.index}/{self.count}/{self.port}"
+
+    @classmethod
+    def from_env(cls) -> WorkerRole | None:
+        text = os.environ.get(WORKER_ENV)
+        if not text:
+            return None
+        index, count, port = (int(part) for part in text.split("/"))
+        return cls(index, count, port)
+
+    def share(self, limit: int) -> int:
+        """This worker's part of a limit the config sets for the whole relay."""
+        return max(1, math.ceil(limit / self.count))
+
 
 # aiosmtpd answers a few limits itself with bare codes; clients get the enhanced ones.
 REPLY_REWRITES = {
@@ -274,9 +309,16 @@ class RelayServer:
     the rule packs in `rules.paths` (`clean_scanner` skips them, for tests).
     """
 
-    def __init__(self, config: Config, *, make_scanner: ScannerFactory = rules_scanner) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        make_scanner: ScannerFactory = rules_scanner,
+        worker: WorkerRole | None = None,
+    ) -> None:
         self.config = config
         self.make_scanner = make_scanner
+        self.worker = worker
         self.sessions: set[RelaySMTP] = set()
         self.all_sessions_closed = asyncio.Event()
         self.stopping = False
@@ -337,10 +379,13 @@ class RelayServer:
             ) from exc
         return store
 
-    @staticmethod
-    def _open_audit(config: Config) -> AuditLog:
+    def _audit_path(self, config: Config) -> Path | None:
+        # A worker's lines go to its supervisor, which owns `audit.path`.
+        return None if self.worker is not None else config.audit.path
+
+    def _open_audit(self, config: Config) -> AuditLog:
         try:
-            return AuditLog(config.audit.path)
+            return AuditLog(self._audit_path(config))
         except OSError as exc:
             raise ConfigError(f"cannot open: {exc.strerror}", key_path="audit.path") from exc
 
@@ -375,7 +420,10 @@ class RelayServer:
         config = self.runtime.config
         if not config.listen.allows(session.client):
             return REFUSED_CLIENT
-        if len(self.sessions) >= config.limits.max_connections:
+        limit = config.limits.max_connections
+        if self.worker is not None:
+            limit = self.worker.share(limit)
+        if len(self.sessions) >= limit:
             return TOO_MANY_CONNECTIONS
         return None
 
@@ -397,7 +445,12 @@ class RelayServer:
         self._handler = RelayHandler(self._runtime)
         listen = self.config.listen
         try:
-            self._server = await loop.create_server(self._protocol, listen.host, listen.port)
+            if self.worker is None:
+                self._server = await loop.create_server(self._protocol, listen.host, listen.port)
+            else:
+                self._server = await loop.create_server(
+                    self._protocol, listen.host, self.worker.port, reuse_port=True
+                )
         except BaseException:
             close_scanner(self._runtime.scan)
             audit.close()
@@ -464,7 +517,7 @@ class RelayServer:
         new_audit: AuditLog | None = None
         try:
             config = await asyncio.to_thread(load_config, source)
-            if config.audit.path != old.config.audit.path:
+            if self._audit_path(config) != self._audit_path(old.config):
                 new_audit = self._open_audit(config)
             runtime = await asyncio.to_thread(self._build_runtime, config, new_audit or old.audit)
             tls_context = await asyncio.to_thread(self._load_tls, config)
@@ -477,7 +530,7 @@ class RelayServer:
             return False
         restart_needed = [
             f"listen.{key}"
-            for key in ("host", "port", "hostname")
+            for key in ("host", "port", "hostname", "workers")
             if getattr(config.listen, key) != getattr(self.config.listen, key)
         ]
         self.config = config
@@ -507,6 +560,24 @@ class RelayServer:
         loop.add_signal_handler(signal.SIGINT, self._spawn, self.stop)
         loop.add_signal_handler(signal.SIGHUP, self._spawn, self.reload)
 
+    def _watch_supervisor(self) -> None:
+        """Stop when standard input (a pipe from the supervisor) closes: it is gone."""
+        loop = asyncio.get_running_loop()
+        fd = sys.stdin.fileno()
+
+        def readable() -> None:
+            try:
+                data = os.read(fd, 4096)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if not data:
+                loop.remove_reader(fd)
+                self._spawn(self.stop)
+
+        loop.add_reader(fd, readable)
+
     def _spawn(self, action: Callable[[], Any]) -> None:
         task = asyncio.get_running_loop().create_task(action())
         self._background.add(task)
@@ -516,6 +587,8 @@ class RelayServer:
         """Start, handle signals, and return once a signal has stopped the relay."""
         await self.start()
         self.install_signal_handlers()
+        if self.worker is not None:
+            self._watch_supervisor()
         sd_notify("READY=1", f"STATUS=listening on {self.config.listen.host}:{self.port}")
         if ready is not None:
             ready(self)

@@ -1,0 +1,230 @@
+"""`listen.workers`: a real `serve` process supervising two relay processes on one port.
+
+Mail must reach both workers, the audit log must stay one stream of whole lines, systemd must
+hear one READY=1, SIGHUP must reload every worker (and a broken file none), SIGTERM must let
+transactions in flight finish, a dead worker must be replaced, and workers must not outlive a
+killed supervisor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from relay.config import ConfigError, load_config
+from relay.server import WorkerRole
+from tests.support import MESSAGE, Sink, make_message, send, spawn_serve
+from tests.test_lifecycle_process import Process
+from tests.test_server import notify_socket, received
+
+Serve = Callable[[dict[str, Any]], Any]
+
+
+def children(pid: int) -> list[int]:
+    """The live child processes of pid."""
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+async def until(condition: Callable[[], bool], seconds: float = 20) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def serve_workers(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
+    """Start `serve` with two workers and the given upstream; yields (Process, path, notify)."""
+    started: list[asyncio.subprocess.Process] = []
+    sockets = []
+
+    async def start(upstream: dict[str, Any]) -> tuple[Process, Path, Any]:
+        path = tmp_path / "relay.yaml"
+        path.write_text(
+            json.dumps(
+                {
+                    "listen": {"host": "127.0.0.1", "port": 0, "hostname": "relay.test"},
+                    "upstream": upstream,
+                    "audit": {"path": "-"},
+                    "quarantine": {"path": str(tmp_path / "quarantine")},
+                    "limits": {"shutdown_timeout": 10},
+                }
+            ).replace('"hostname"', '"workers": 2, "hostname"')
+        )
+        sock = notify_socket(tmp_path / "notify")
+        sockets.append(sock)
+        process = await spawn_serve(path, env={"NOTIFY_SOCKET": str(tmp_path / "notify")})
+        started.append(process)
+        assert process.stderr is not None
+        banner = (await asyncio.wait_for(process.stderr.readline(), 60)).decode()
+        match = re.search(r":(\d+) \(2 workers\)$", banner.strip())
+        assert match, banner
+        return Process(process, int(match.group(1))), path, sock
+
+    yield start
+    for process in started:
+        if process.returncode is None:
+            for child in children(process.pid):
+                os.kill(child, signal.SIGKILL)
+            process.kill()
+            await process.wait()
+    for sock in sockets:
+        sock.close()
+
+
+async def audit_lines(relay: Process, count: int, event: str = "message") -> list[dict[str, Any]]:
+    """The next `count` audit lines of `event`; every line read must be whole JSON."""
+    found = []
+    assert relay.process.stdout is not None
+    while len(found) < count:
+        line = await asyncio.wait_for(relay.process.stdout.readline(), 20)
+        assert line.endswith(b"\n"), line
+        record: dict[str, Any] = json.loads(line)
+        if record["event"] == event:
+            found.append(record)
+    return found
+
+
+async def test_mail_goes_through_both_workers_into_one_audit_stream(
+    serve_workers: Callable[..., Any], tmp_path: Path
+) -> None:
+    relay, _, sock = await serve_workers({"maildir": str(tmp_path / "outbox")})
+    workers = children(relay.process.pid)
+    assert len(workers) == 2
+    # Long subjects make long lines; sent at once, so both workers write at the same time.
+    body = ("y" * 70 + "\r\n") * 40
+    messages = [make_message(subject=f"Order {i} " + "x" * 150, body=body) for i in range(24)]
+    replies = await asyncio.gather(*(send(relay.port, data) for data in messages))
+    assert [reply.code for reply in replies] == [250] * 24
+    lines = await audit_lines(relay, 24)
+    # The Maildir file name carries the pid of the worker that delivered it.
+    pids = {int(re.search(r"P(\d+)Q", line["upstream_reply"]).group(1)) for line in lines}
+    assert pids == set(workers)
+    subjects = [f"Order {i} " + "x" * 150 for i in range(24)]
+    assert sorted(line["subject"] for line in lines) == sorted(subjects)
+    assert len(list((tmp_path / "outbox" / "new").iterdir())) == 24
+    notes = received(sock)
+    assert len(notes) == 1 and notes[0].startswith("READY=1\nSTATUS="), notes
+
+
+async def notes_until(sock: Any, last: str, seconds: float = 30) -> list[str]:
+    """Every systemd notification from now until (and with) one equal to `last`."""
+    notes: list[str] = []
+    deadline = time.monotonic() + seconds
+    while not notes or notes[-1] != last:
+        assert time.monotonic() < deadline, notes
+        notes.extend(received(sock))
+        await asyncio.sleep(0.05)
+    return notes
+
+
+async def test_sighup_reloads_every_worker_and_a_broken_file_none(
+    serve_workers: Callable[..., Any], sink: Sink
+) -> None:
+    relay, path, sock = await serve_workers(sink.upstream())
+    received(sock)  # READY=1 of the start
+    relay.process.send_signal(signal.SIGHUP)
+    reloads = await audit_lines(relay, 2, "config.reload")
+    assert all(line["restart_needed"] == [] for line in reloads)
+    notes = await notes_until(sock, "READY=1")
+    assert len(notes) == 2 and re.fullmatch(r"RELOADING=1\nMONOTONIC_USEC=\d+", notes[0])
+
+    path.write_text("listen: [this is not a mapping\n")
+    relay.process.send_signal(signal.SIGHUP)
+    [failed] = await audit_lines(relay, 1, "config.reload_failed")
+    assert "YAML" in failed["error"]
+    assert len(await notes_until(sock, "READY=1")) == 2
+    assert (await send(relay.port)).code == 250
+    [line] = await audit_lines(relay, 1)
+    assert line["reply"].startswith("250 ")
+    # Only the supervisor read the broken file: no worker logged a failure of its own.
+    relay.process.send_signal(signal.SIGTERM)
+    assert await asyncio.wait_for(relay.process.wait(), 30) == 0
+    rest = await relay.process.stdout.read()
+    assert b"config.reload_failed" not in rest
+
+
+async def test_sigterm_lets_transactions_in_flight_finish_in_every_worker(
+    serve_workers: Callable[..., Any], sink: Sink
+) -> None:
+    relay, _, sock = await serve_workers(sink.upstream())
+    workers = children(relay.process.pid)
+    sink.handler.data_delay = 1.0
+    sending = [asyncio.ensure_future(send(relay.port)) for _ in range(6)]
+    await asyncio.wait_for(sink.handler.data_started.wait(), 20)
+    relay.process.send_signal(signal.SIGTERM)
+    replies = await asyncio.wait_for(asyncio.gather(*sending), 30)
+    assert [reply.code for reply in replies] == [250] * 6
+    assert await asyncio.wait_for(relay.process.wait(), 30) == 0
+    assert [m.data for m in sink.messages] == [MESSAGE] * 6
+    assert received(sock)[-1] == "STOPPING=1"
+    assert not any(alive(pid) for pid in workers)
+    lines = [json.loads(line) for line in (await relay.process.stdout.read()).splitlines()]
+    assert len([line for line in lines if line["event"] == "message"]) == 6
+    with pytest.raises(OSError):
+        await send(relay.port)
+
+
+async def test_a_dead_worker_is_logged_and_replaced(
+    serve_workers: Callable[..., Any], sink: Sink
+) -> None:
+    relay, _, _ = await serve_workers(sink.upstream())
+    first, second = children(relay.process.pid)
+    os.kill(first, signal.SIGKILL)
+    [error] = await audit_lines(relay, 1, "error")
+    assert error["stage"] == "worker" and "signal SIGKILL" in error["error"], error
+    await until(lambda: len(children(relay.process.pid)) == 2)
+    assert second in children(relay.process.pid)
+    replies = [await send(relay.port) for _ in range(8)]
+    assert [reply.code for reply in replies] == [250] * 8
+
+
+async def test_workers_stop_when_the_supervisor_is_killed(
+    serve_workers: Callable[..., Any], sink: Sink
+) -> None:
+    relay, _, _ = await serve_workers(sink.upstream())
+    workers = children(relay.process.pid)
+    relay.process.kill()
+    await relay.process.wait()
+    await until(lambda: not any(alive(pid) for pid in workers))
+
+
+def test_worker_role_shares_the_connection_limit() -> None:
+    role = WorkerRole(index=1, count=3, port=10025)
+    assert WorkerRole.from_env() is None
+    assert role.share(100) == 34 and role.share(1) == 1
+    os.environ["OUTBOX_RELAY_WORKER"] = role.to_env()
+    try:
+        assert WorkerRole.from_env() == role
+    finally:
+        del os.environ["OUTBOX_RELAY_WORKER"]
+
+
+def test_listen_workers_is_checked_and_0_means_one_per_cpu(tmp_path: Path) -> None:
+    path = tmp_path / "relay.yaml"
+    base = f"upstream: {{maildir: {tmp_path / 'out'}}}\nquarantine: {{path: {tmp_path / 'q'}}}\n"
+    path.write_text(base + "listen: {workers: 0}\n")
+    assert load_config(path).listen.effective_workers == len(os.sched_getaffinity(0))
+    path.write_text(base + "listen: {workers: -1}\n")
+    with pytest.raises(ConfigError, match=r"listen\.workers"):
+        load_config(path)
