@@ -4,18 +4,23 @@
 into a frozen `RuleSet`; `RuleSet.evaluate(scan)` is pure and synchronous and returns a
 `Verdict`.
 
-Matching never uses a user-written regular expression. All term words of all packs are
-compiled into a few trie-shaped regular expressions of literal letters (no nested
-quantifiers, so the regex engine cannot backtrack catastrophically) that find candidate
-words in one pass; everything after that works on the candidates only, with bounded
-look-ahead for phrases and windows. Time is linear in the text size for any pack.
+Matching never uses a user-written regular expression. Every word of every term is a run of
+letters or digits (or a CJK substring): a part's runs are found by one simple regex and each
+distinct run is looked up once in tables of whole words and prefixes; CJK terms are found by
+one trie-shaped regex of literal characters (no nested quantifiers, so no catastrophic
+backtracking). The scan runs in two rounds: first the part's distinct words are counted, and
+every rule with a needed word missing, or whose needed words never meet in one sentence or
+paragraph of its scope, is dropped; then the words of the rules left are placed, in the
+sentences or paragraphs where those rules can match only. Time is linear in the text size
+for any pack.
 """
 
 from __future__ import annotations
 
 import bisect
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +28,7 @@ from typing import Any
 from relay import builtins as builtin_terms
 from relay.model import Hit, ScanInput, Verdict
 from relay.normalize import (
+    CJK,
     LETTER,
     PARAGRAPH_BREAK_RE,
     SENTENCE_BREAK_RE,
@@ -108,6 +114,9 @@ class _Part:
         self._item_occs: dict[int, list[_Occ]] = {}
         self._possible: set[int] | None = None
         self._by_word: dict[tuple[int, int], _Occ] = {}
+        self.alive: list[Rule] = []
+        # Where candidates were looked for (the whole text unless the anchors narrowed it).
+        self.ranges: Sequence[tuple[int, int]] = ((0, len(norm.text)),)
 
     # Word indices, sentences and paragraphs are computed once, for the positions that
     # matter (starts and ends of candidates). Few positions: count segment by segment from
@@ -172,7 +181,11 @@ class _Part:
         return at
 
     def _place_dense(self, text: str, positions: list[int]) -> dict[int, tuple[int, int, int]]:
-        words = [m.start() for m in WORD_START_RE.finditer(text)]
+        # Word numbers only ever compare inside one sentence or paragraph, and every unit
+        # that holds a candidate lies wholly inside one of the scanned ranges: counting the
+        # words of those ranges only keeps every such difference exact.
+        finditer = WORD_START_RE.finditer
+        words = [m.start() for begin, end in self.ranges for m in finditer(text, begin, end)]
         sentences = [m.start() for m in SENTENCE_BREAK_RE.finditer(text)]
         paragraphs = (
             [m.start() for m in PARAGRAPH_BREAK_RE.finditer(text)]
@@ -275,7 +288,7 @@ class _Part:
     def possible(self) -> set[int]:
         """The indices of the items that could match, from the candidate words alone."""
         if self._possible is None:
-            self._possible = self.ruleset.index.possible_items(self)
+            self._possible = self.ruleset.index.possible_items(self.atoms.keys(), self.builtin_occs)
         return self._possible
 
 
@@ -301,15 +314,15 @@ class _ItemIndex:
             for name in plan.builtins:
                 self.builtins.setdefault(name, []).append(plan.index)
 
-    def possible_items(self, part: _Part) -> set[int]:
+    def possible_items(self, present: Set[int], builtin_occs: Mapping[str, list[_Occ]]) -> set[int]:
+        """Items all of whose words of some term are `present` (a set or a dict's keys)."""
         possible: set[int] = set()
-        atoms = part.atoms
-        for pid in atoms:
+        for pid in present:
             possible.update(self.single.get(pid, ()))
             for pids, index in self.multi.get(pid, ()):
-                if index not in possible and pids <= atoms.keys():
+                if index not in possible and pids <= present:
                     possible.add(index)
-        for name, occs in part.builtin_occs.items():
+        for name, occs in builtin_occs.items():
             if occs:
                 possible.update(self.builtins.get(name, ()))
         return possible
@@ -431,6 +444,171 @@ class _SentenceFilter:
             found = self._by_pattern[pid] = {
                 left(breaks, start) for start, _ in self.part.atoms.get(pid, ())
             }
+        return found
+
+
+# --- anchors: which rules can match, and where -------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Anchor:
+    """Per clause of a rule: its scope and the groups of words a match must hold.
+
+    A clause holds only in a unit (sentence, paragraph) where each `all` item and one `any`
+    item occur, and a term occurs only where each of its words does: so each group (one word
+    per term of an item, or of all `any` items, plus their built-ins) has a member in every
+    unit where the clause holds.
+    """
+
+    clauses: tuple[tuple[Scope, tuple[tuple[frozenset[int], frozenset[str]], ...]], ...]
+
+
+# Words too common to tell where a term may be (only speed depends on this list).
+_COMMON_TEXT = """a an and are as at be but by can do for from have i if in is it me my no not of
+    on or
+    our so that the this to us was we will with would you your
+    am auf aus bei das dass dem den der des die du ein eine einen er es für hat ich ihr ihre
+    ihnen im in ist mit nicht noch nur oder sie sind uns unser unsere und von wir zu
+    au aux avec ce ces dans de des du elle en est et il je la le les leur mais ne nos notre
+    nous on ou par pas pour que qui sa se ses son sur un une vos votre vous
+    al con del el es esta este las lo los mi mis nos nuestra nuestro para por que se su sus
+    te tu una usted y
+    che ci con da dal della di e gli ha il io la le lei mi nel non per più si sono su ti un
+    una vi voi"""
+_COMMON_WORDS = frozenset(_COMMON_TEXT.split())
+
+
+def _anchor_of(
+    rule: Rule,
+    term_steps: Mapping[Term, tuple[tuple[int, int], ...]],
+    patterns: Sequence[WordPattern],
+) -> _Anchor:
+    def telling(pid: int) -> tuple[bool, int]:
+        text = patterns[pid].text
+        return text not in _COMMON_WORDS, len(text)  # a rare word, and a longer one
+
+    clauses = []
+    for clause in (rule.clause, *rule.requires):
+        items: list[tuple[Item, ...]] = [(item,) for item in clause.all]
+        if clause.any:
+            items.append(clause.any)
+        groups = []
+        for group in items:
+            pids = frozenset(
+                max((pid for pid, _ in term_steps[term]), key=telling)
+                for item in group
+                for term in item.terms
+            )
+            names = frozenset(name for item in group for name in item.builtins)
+            groups.append((pids, names))
+        clauses.append((clause.scope, tuple(groups)))
+    return _Anchor(tuple(clauses))
+
+
+class _Regions:
+    """The stretches of a part's text where the rules that can still match may match.
+
+    A clause of sentence (paragraph) scope holds only in a sentence (paragraph) holding a
+    member of each of its groups: the intersection of the groups' units, computed from the
+    rarest group up. A rule with a clause that can hold nowhere is dropped; a rule with a
+    message-scope clause needs the whole text.
+    """
+
+    def __init__(self, part: _Part, census: _Census) -> None:
+        self.part = part
+        self.census = census
+        self.text = part.norm.text
+        self._breaks: dict[Scope, list[int]] = {}
+        self._positions: dict[int, list[int]] = {}
+        self._units: dict[tuple[Scope, frozenset[int], frozenset[str]], set[int]] = {}
+
+    def of(
+        self, rules: Sequence[Rule], anchors: Mapping[int, _Anchor]
+    ) -> tuple[list[Rule], list[tuple[int, int]] | None]:
+        """The rules that may still match, and sorted, disjoint `(start, end)` ranges where
+        (None: the whole text is needed)."""
+        wanted: dict[Scope, set[int]] = {}
+        kept = []
+        whole = False
+        counts = self.census.counts
+        occs = self.part.builtin_occs
+
+        def size(group: tuple[frozenset[int], frozenset[str]]) -> int:
+            pids, names = group
+            return sum(counts.get(p, 0) for p in pids) + sum(len(occs.get(n, ())) for n in names)
+
+        for rule in rules:
+            needs_whole = False
+            rule_units: list[tuple[Scope, set[int]]] = []
+            for scope, groups in anchors[id(rule)].clauses:
+                if scope is Scope.MESSAGE:
+                    needs_whole = True
+                    continue
+                units: set[int] | None = None
+                for group in sorted(groups, key=size):
+                    found = self._group_units(scope, group)
+                    units = set(found) if units is None else units & found
+                    if not units:
+                        break
+                if units is not None and not units:
+                    break  # this clause holds nowhere: neither does the rule
+                if units is None:
+                    needs_whole = True  # a clause without words (not written by packs today)
+                    continue
+                rule_units.append((scope, units))
+            else:
+                kept.append(rule)
+                whole = whole or needs_whole
+                for scope, units in rule_units:
+                    wanted.setdefault(scope, set()).update(units)
+        if whole or not kept:
+            return kept, None
+        ranges = []
+        for scope, found in wanted.items():
+            starts = self._starts(scope)
+            for unit in found:
+                # Unit k holds the positions p with starts[k - 1] < p <= starts[k] (the way
+                # bisect numbers them); a break starts with punctuation or a line break, so
+                # no word runs across the end of a range.
+                begin = starts[unit - 1] + 1 if unit else 0
+                end = starts[unit] + 1 if unit < len(starts) else len(self.text)
+                ranges.append((begin, end))
+        ranges.sort()
+        merged: list[tuple[int, int]] = []
+        for begin, end in ranges:
+            if merged and begin <= merged[-1][1]:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+            else:
+                merged.append((begin, end))
+        return kept, merged
+
+    def _group_units(self, scope: Scope, group: tuple[frozenset[int], frozenset[str]]) -> set[int]:
+        key = (scope, *group)
+        found = self._units.get(key)
+        if found is None:
+            pids, names = group
+            starts = self._starts(scope)
+            left = bisect.bisect_left
+            found = set()
+            for pid in pids:
+                if pid in self.census.counts:
+                    found.update(left(starts, p) for p in self._pattern_positions(pid))
+            for name in names:
+                found.update(left(starts, o.start) for o in self.part.builtin_occs.get(name, ()))
+            self._units[key] = found
+        return found
+
+    def _starts(self, scope: Scope) -> list[int]:
+        found = self._breaks.get(scope)
+        if found is None:
+            pattern = SENTENCE_BREAK_RE if scope is Scope.SENTENCE else PARAGRAPH_BREAK_RE
+            found = self._breaks[scope] = [m.start() for m in pattern.finditer(self.text)]
+        return found
+
+    def _pattern_positions(self, pid: int) -> list[int]:
+        found = self._positions.get(pid)
+        if found is None:
+            found = self._positions[pid] = self.census.positions(pid)
         return found
 
 
@@ -561,6 +739,8 @@ class RuleSet:
         default_factory=dict
     )
     phrase_offsets: tuple[tuple[int, ...] | None, ...] = ()
+    # Per rule: the rare words (or built-ins) one of which every match holds; see _Anchor.
+    anchors: Mapping[int, _Anchor] = field(default_factory=dict)
 
     def evaluate(self, scan: ScanInput) -> Verdict:
         """Every rule against every part: at most one hit per rule and part (the first)."""
@@ -598,14 +778,10 @@ class RuleSet:
 
     def _judge_part(self, text: str, rules: Sequence[Rule]) -> list[tuple[Rule, str]]:
         """The rules that hit one part's text, each with its excerpt."""
-        part = self._prepare(text)
-        possible = part.possible()
-        needs = self.rule_needs
-        candidates = []
-        for rule in rules:
-            every, some = needs[id(rule)]
-            if every <= possible and all(not group.isdisjoint(possible) for group in some):
-                candidates.append(rule)
+        part = self._prepare(text, rules)
+        if part is None:
+            return []
+        candidates = self._candidates(part.alive, part.possible())
         if not candidates:
             return []
         sentence_filter = _SentenceFilter(part)
@@ -635,14 +811,45 @@ class RuleSet:
             found.append((rule, part.norm.excerpt(*span)))
         return found
 
-    def _prepare(self, text: str) -> _Part:
+    def _candidates(self, rules: Sequence[Rule], possible: set[int]) -> list[Rule]:
+        """The rules all of whose needed items are possible."""
+        needs = self.rule_needs
+        candidates = []
+        for rule in rules:
+            every, some = needs[id(rule)]
+            if every <= possible and all(not group.isdisjoint(possible) for group in some):
+                candidates.append(rule)
+        return candidates
+
+    def _prepare(self, text: str, rules: Sequence[Rule]) -> _Part | None:
+        """Normalizes and scans a part; None when no rule can match it.
+
+        The scan runs in two rounds. The first counts the part's distinct words (one C-level
+        pass, no positions): a rule with a needed word missing from the whole part cannot
+        match, and in most mail every rule has one. The second finds every candidate word
+        with its position, but only where the rules left can match: the sentences or
+        paragraphs holding their rarest needed words, or the whole part when one of them can
+        match anywhere.
+        """
         part = _Part(self, normalize(text))
-        if self.scanner is not None:
-            self.scanner.scan(part)
         for name in self.builtins_used:
             found = builtin_terms.find(name, part.norm)
             if found:
                 part.builtin_occs[name] = [_Occ(s, e) for s, e in found]
+        scanner = self.scanner
+        census = scanner.census(part) if scanner is not None else _Census(part)
+        present = self.index.possible_items(census.counts.keys(), part.builtin_occs)
+        candidates = self._candidates(rules, present)
+        if not candidates:
+            return None
+        candidates, ranges = _Regions(part, census).of(candidates, self.anchors)
+        if not candidates:
+            return None
+        part.alive = candidates
+        if ranges is not None:
+            part.ranges = ranges
+        if scanner is not None:
+            scanner.scan_words(part, part.ranges)
         return part
 
     def check_examples(self, rules: Iterable[Rule] | None = None) -> list[ExampleFailure]:
@@ -671,24 +878,29 @@ def _parts_of(scan: ScanInput) -> list[tuple[str, str]]:
 # --- candidate scanning -----------------------------------------------------------------
 
 
+# The runs of a text that can be words of a pattern: whole, left to right.
+_RUN_RE = re.compile(f"[{LETTER}]+|[0-9]+")
+
+
 class _WordTable:
-    """Whole words and word prefixes of one kind (with or without diacritics)."""
+    """Whole words and word prefixes of one kind (with or without diacritics).
+
+    Every pattern word is a run of letters or of digits (the pack reader splits terms so),
+    and a candidate is a whole run of the text that equals a word or starts with a prefix:
+    the text's runs are found by one simple regex in C and each distinct run is looked up
+    once, remembered across messages (mail repeats words).
+    """
 
     def __init__(self, exact: dict[str, list[int]], prefix: dict[str, list[int]]) -> None:
+        for word in (*exact, *prefix):
+            if not _RUN_RE.fullmatch(word):
+                raise ValueError(f"pattern word {word!r} is not a run of letters or digits")
         self.exact = exact
         self.prefix = prefix
         self.lengths = sorted({len(w) for w in prefix})
-        words = [*exact, *prefix]
-        letters = [w for w in words if not w[0].isdigit()]
-        digits = [w for w in words if w[0].isdigit()]
-        alternatives = []
-        if letters:
-            alternatives.append(f"(?<![{LETTER}])(?:{_trie_regex(letters)})[{LETTER}]*")
-        if digits:
-            alternatives.append(f"(?<![0-9])(?:{_trie_regex(digits)})[0-9]*")
-        self.regex = re.compile("|".join(alternatives)) if alternatives else None
-        # Which patterns a word satisfies, remembered across messages: mail repeats words.
+        self.empty = not exact and not prefix
         self.memo: dict[str, tuple[int, ...]] = {}
+        self.word_regexes: dict[str, re.Pattern[str]] = {}
 
     def lookup(self, word: str) -> tuple[int, ...]:
         pids = list(self.exact.get(word, ()))
@@ -702,25 +914,64 @@ class _WordTable:
         self.memo[word] = found
         return found
 
-    def scan(self, text: str, atoms: dict[int, list[tuple[int, int]]]) -> None:
-        if self.regex is None:
+    def census(self, text: str, census: _Census) -> None:
+        """Adds how often each pattern occurs in `text`, from its distinct runs."""
+        if self.empty:
             return
-        # Collect spans per distinct word first (mail repeats "the", "you", "order" hundreds
-        # of times), then hand them to the word's patterns: one dict lookup per candidate.
-        by_word: dict[str, list[tuple[int, int]]] = {}
-        for match in self.regex.finditer(text):
-            word = match.group()
-            spans = by_word.get(word)
-            if spans is None:
-                by_word[word] = [match.span()]
-            else:
-                spans.append(match.span())
         memo = self.memo
-        merged: list[int] = []
-        for word, spans in by_word.items():
+        counts = census.counts
+        words = census.words
+        for word, count in Counter(_RUN_RE.findall(text)).items():
             pids = memo.get(word)
             if pids is None:
                 pids = self.lookup(word)
+            for pid in pids:
+                counts[pid] = counts.get(pid, 0) + count
+                words.setdefault(pid, []).append((self, text, word))
+
+    def starts(self, text: str, word: str) -> list[int]:
+        """Where `word` stands as a whole run in `text`."""
+        regex = self.word_regexes.get(word)
+        if regex is None:
+            if len(self.word_regexes) >= _Scanner.MEMO_LIMIT // 100:
+                self.word_regexes.clear()
+            kind = "0-9" if word[0].isdigit() else LETTER
+            # The literal first, so the regex engine skips ahead to it like str.find; the
+            # look-behind after it checks the character before the word.
+            regex = re.compile(
+                f"{re.escape(word)}(?![{kind}])(?<![{kind}].{{{len(word)}}})", re.DOTALL
+            )
+            self.word_regexes[word] = regex
+        return [match.start() for match in regex.finditer(text)]
+
+    def scan(
+        self,
+        text: str,
+        atoms: dict[int, list[tuple[int, int]]],
+        ranges: Sequence[tuple[int, int]],
+    ) -> None:
+        """Places every candidate in `ranges` of `text` (no run crosses a range end)."""
+        if self.empty:
+            return
+        # Collect spans per distinct word first (mail repeats "the", "you", "order" hundreds
+        # of times), then hand them to the word's patterns: one dict lookup per candidate.
+        by_word: dict[str, tuple[tuple[int, ...], list[tuple[int, int]]]] = {}
+        memo = self.memo
+        finditer = _RUN_RE.finditer
+        for begin, end in ranges:
+            for match in finditer(text, begin, end):
+                word = match.group()
+                seen = by_word.get(word)
+                if seen is not None:
+                    seen[1].append(match.span())
+                    continue
+                pids = memo.get(word)
+                if pids is None:
+                    pids = self.lookup(word)
+                if pids:
+                    by_word[word] = (pids, [match.span()])
+        merged: list[int] = []
+        for pids, spans in by_word.values():
             for pid in pids:
                 found = atoms.get(pid)
                 if found is None:
@@ -753,18 +1004,34 @@ def _trie_regex(words: Iterable[str]) -> str:
     return emit(root)
 
 
+class _Census:
+    """How often each pattern occurs in a part, and by which words, before any placing."""
+
+    def __init__(self, part: _Part) -> None:
+        self.part = part
+        self.counts: dict[int, int] = {}
+        self.words: dict[int, list[tuple[_WordTable, str, str]]] = {}
+
+    def positions(self, pid: int) -> list[int]:
+        """Where the pattern's candidates start (CJK ones are placed already)."""
+        found = [start for start, _ in self.part.atoms.get(pid, ())]
+        for table, text, word in self.words.get(pid, ()):
+            found += table.starts(text, word)
+        return found
+
+
 class _Scanner:
     """Finds candidate words of all term patterns in one pass per text variant."""
 
     MEMO_LIMIT = 200_000
 
-    def __init__(self, patterns: Sequence[WordPattern]) -> None:
+    def __init__(self, patterns: Iterable[tuple[int, WordPattern]]) -> None:
         self.plain_exact: dict[str, list[int]] = {}
         self.plain_prefix: dict[str, list[int]] = {}
         self.accented_exact: dict[str, list[int]] = {}
         self.accented_prefix: dict[str, list[int]] = {}
         self.cjk: dict[str, list[int]] = {}
-        for pid, pattern in enumerate(patterns):
+        for pid, pattern in patterns:
             if pattern.cjk:
                 table = self.cjk
             elif pattern.accented:
@@ -776,22 +1043,42 @@ class _Scanner:
         self.plain = _WordTable(self.plain_exact, self.plain_prefix)
         self.accented = _WordTable(self.accented_exact, self.accented_prefix)
         self.cjk_re = re.compile(_trie_regex(self.cjk)) if self.cjk else None
+        # No CJK term can start before the first character that can start one: most mail
+        # has none, and a character class is searched much faster than the whole trie
+        # (a class of ranges, that is: one listing hundreds of single characters is not).
+        cjk_class = re.compile(f"[{CJK}]")
+        odd = {word[0] for word in self.cjk if not cjk_class.match(word[0])}
+        extra = "".join(re.escape(char) for char in sorted(odd))
+        self.cjk_first = re.compile(f"[{CJK}{extra}]") if self.cjk else None
 
-    def scan(self, part: _Part) -> None:
+    def census(self, part: _Part) -> _Census:
+        """Which patterns occur in the part and how often; CJK candidates get their places."""
         norm = part.norm
-        self.plain.scan(norm.bare, part.atoms)
+        census = _Census(part)
+        self.plain.census(norm.bare, census)
         if norm.bare is not norm.text:
             # Only text with diacritics can hold a word written with them.
-            self.accented.scan(norm.text, part.atoms)
-        if self.cjk_re is not None:
-            self._cjk(norm.text, part.atoms)
+            self.accented.census(norm.text, census)
+        first_cjk = self.cjk_first.search(norm.text) if self.cjk_first is not None else None
+        if first_cjk is not None:
+            # CJK terms are substrings, not words: found with their places, the whole text.
+            self._cjk(norm.text, part.atoms, first_cjk.start(), len(norm.text))
+            for pid, spans in part.atoms.items():
+                census.counts[pid] = census.counts.get(pid, 0) + len(spans)
+        return census
 
-    def _cjk(self, text: str, atoms: dict[int, list[tuple[int, int]]]) -> None:
+    def scan_words(self, part: _Part, ranges: Sequence[tuple[int, int]]) -> None:
+        """Candidate words with their places, in `ranges` of the text."""
+        norm = part.norm
+        self.plain.scan(norm.bare, part.atoms, ranges)
+        if norm.bare is not norm.text:
+            self.accented.scan(norm.text, part.atoms, ranges)
+
+    def _cjk(self, text: str, atoms: dict[int, list[tuple[int, int]]], pos: int, end: int) -> None:
         assert self.cjk_re is not None
         search = self.cjk_re.search
-        pos = 0
         while True:
-            match = search(text, pos)
+            match = search(text, pos, end)
             if match is None:
                 return
             start = match.start()
@@ -875,6 +1162,8 @@ def _compile(
         for term in terms:
             add_term(term)
     pattern_list = tuple(pattern_objects)
+    term_steps = {term: compiled[term_id] for term, term_id in term_ids.items()}
+    anchors = {id(rule): _anchor_of(rule, term_steps, pattern_list) for rule in rules}
     return RuleSet(
         rules=rules,
         version=version,
@@ -885,7 +1174,8 @@ def _compile(
         compiled_terms=tuple(compiled),
         distance_cap=cap,
         uses_paragraphs=uses_paragraphs,
-        scanner=_Scanner(pattern_list) if pattern_list else None,
+        scanner=_Scanner(enumerate(pattern_list)) if pattern_list else None,
+        anchors=anchors,
         builtins_used=frozenset(builtins_used),
         item_plans=plans,
         index=_ItemIndex(plan_by_item.values(), compiled),

@@ -679,3 +679,77 @@ def test_dense_and_sparse_placement_agree(monkeypatch: pytest.MonkeyPatch) -> No
         results[name] = [ruleset.evaluate(scan).hits for scan in scans]
     assert results["dense"] == results["sparse"]
     assert all(results["dense"])
+
+
+def test_rules_missing_a_needed_word_are_skipped_before_any_placing(tmp_path: Path) -> None:
+    from relay.engine import _Part
+
+    ruleset = rule_pack(tmp_path, 'all: ["positive", "review"]')
+    # "review" is nowhere: the part is not even placed.
+    assert ruleset._prepare("A positive outlook. " * 50, ruleset.rules) is None
+    # Both words, but never in one sentence: dropped by the sentences of the rarer word.
+    assert ruleset._prepare("Positive! " * 50 + "Review.", ruleset.rules) is None
+    prepared = ruleset._prepare("Hello. " * 50 + "A positive review.", ruleset.rules)
+    assert isinstance(prepared, _Part)
+    ((begin, end),) = prepared.ranges
+    assert prepared.norm.text[begin:end].strip() == "a positive review."
+
+
+def test_a_clause_that_can_hold_nowhere_drops_its_rule(tmp_path: Path) -> None:
+    ruleset = rule_pack(
+        tmp_path,
+        """
+        all: ["happy", "review"]
+        requires:
+          - scope: paragraph
+            all: ["not", "contact"]
+        """,
+    )
+    text = "Happy? Leave a review!\n\nNot today.\n\nContact us any time."
+    assert ruleset._prepare(text, ruleset.rules) is None
+    assert matches(ruleset, "Happy? Leave a review!\n\nNot happy? Contact us.") is False
+    assert matches(ruleset, "Happy with it, leave a review!\n\nNot happy? Contact us.")
+
+
+def test_word_distances_hold_in_a_narrowed_sentence(tmp_path: Path) -> None:
+    ruleset = rule_pack(tmp_path, 'all: ["positive", "review"]\nany: ["leave"]\nwithin: 3')
+    filler = "Leave it. A positive day. Your review arrived. " * 30
+    assert matches(ruleset, filler + "Please leave a positive review.")
+    assert not matches(ruleset, filler + "Please leave us a very, very positive review.")
+
+
+def test_narrowing_to_units_changes_no_verdict(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bundled packs on mixed texts: with units narrowed, and with every word placed."""
+    from relay.engine import _Regions, load_bundled_rules
+
+    ruleset = load_bundled_rules()
+    filler = "Your order left our warehouse today and the invoice is on the order page. "
+    texts = [
+        filler * 20 + "If you are happy, please leave us a 5-star review!\n\n"
+        "If not, contact us first.\n\n" + filler * 5,
+        filler * 10 + "\n\nWe will refund you in full once you leave a positive review.",
+        "Bitte bewerten Sie uns mit fünf Sternen. " + "Ihre Bestellung ist unterwegs. " * 30,
+        "ご注文ありがとうございます。" * 20 + "★5のレビューをお願いします。返金いたします。",
+        filler * 15 + "Could you delete your negative review now that it is solved? "
+        "Follow us on Instagram too.",
+        "Write to us at help@our-shop.example or call +1 555 0100. " + filler * 5,
+    ]
+    scans = [ScanInput(subject="", parts=(Part("text", t),)) for t in texts]
+    narrowed = [ruleset.evaluate(scan).hits for scan in scans]
+
+    def everything(self: _Regions, rules: Any, anchors: Any) -> Any:
+        return list(rules), None
+
+    monkeypatch.setattr(_Regions, "of", everything)
+    assert [ruleset.evaluate(scan).hits for scan in scans] == narrowed
+    assert all(narrowed)
+
+
+def test_word_tables_take_whole_runs_only() -> None:
+    from relay.engine import _WordTable
+
+    table = _WordTable({"our": [0], "5": [1]}, {})
+    assert table.starts("our your hour, (our) ours\nour", "our") == [0, 16, 26]
+    assert table.starts("5 15 5a a5 55 5", "5") == [0, 5, 9, 14]
+    with pytest.raises(ValueError, match="not a run"):
+        _WordTable({"e-mail": [0]}, {})
