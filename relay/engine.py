@@ -272,8 +272,12 @@ class _Part:
         found = self._item_occs.get(plan.index)
         if found is None:
             found = []
-            for term_id in plan.term_ids:
-                found.extend(self.term_occs(term_id))
+            occs = self.occs
+            present = [i for pid, terms in plan.by_first.items() if pid in occs for i in terms]
+            present.sort()  # the written order: ties in the sort below stay as they were
+            term_ids = plan.term_ids
+            for i in present:
+                found.extend(self.term_occs(term_ids[i]))
             for name in plan.builtins:
                 found.extend(self.builtin_occs.get(name, ()))
             if len(plan.term_ids) + len(plan.builtins) > 1:
@@ -299,7 +303,12 @@ def _start(occ: _Occ) -> int:
 class _ItemIndex:
     """Which items can match, from the candidate words a part has: one lookup per word."""
 
-    def __init__(self, plans: Iterable[_ItemPlan], compiled: Sequence[tuple[tuple[int, int], ...]]):
+    def __init__(
+        self,
+        plans: Iterable[_ItemPlan],
+        compiled: Sequence[tuple[tuple[int, int], ...]],
+        patterns: Sequence[WordPattern],
+    ):
         self.single: dict[int, list[int]] = {}
         self.multi: dict[int, list[tuple[frozenset[int], int]]] = {}
         self.builtins: dict[str, list[int]] = {}
@@ -309,8 +318,11 @@ class _ItemIndex:
                 if len(steps) == 1:
                     self.single.setdefault(steps[0][0], []).append(plan.index)
                 else:
+                    # Filed under its longest word, usually the rarest: common first words
+                    # ("please", "your") start hundreds of terms.
                     pids = frozenset(pid for pid, _ in steps)
-                    self.multi.setdefault(steps[0][0], []).append((pids, plan.index))
+                    key = max(pids, key=lambda pid: (len(patterns[pid].text), pid))
+                    self.multi.setdefault(key, []).append((pids, plan.index))
             for name in plan.builtins:
                 self.builtins.setdefault(name, []).append(plan.index)
 
@@ -335,6 +347,9 @@ class _ItemPlan:
     index: int
     term_ids: tuple[int, ...]
     builtins: tuple[str, ...]
+    # The first word's pattern of each term -> the terms' positions in term_ids: a part
+    # holds few of an item's first words, and items of generated lists have hundreds of terms.
+    by_first: Mapping[int, tuple[int, ...]] = field(default_factory=dict)
 
 
 def _count_words(text: str, start: int, end: int, cap: int) -> int:
@@ -420,14 +435,18 @@ class _SentenceFilter:
         if found is None:
             found = set()
             compiled = self.ruleset.compiled_terms
-            for term_id in plan.term_ids:
-                steps = compiled[term_id]
-                sentences = self._pattern(steps[0][0])
-                for pid, _ in steps[1:]:
-                    if not sentences:
-                        break
-                    sentences = sentences & self._pattern(pid)
-                found |= sentences
+            atoms = self.part.atoms
+            for first, terms in plan.by_first.items():
+                if first not in atoms:
+                    continue
+                for i in terms:
+                    steps = compiled[plan.term_ids[i]]
+                    sentences = self._pattern(first)
+                    for pid, _ in steps[1:]:
+                        if not sentences:
+                            break
+                        sentences = sentences & self._pattern(pid)
+                    found |= sentences
             left = bisect.bisect_left
             breaks = self.breaks
             for name in plan.builtins:
@@ -450,43 +469,25 @@ class _SentenceFilter:
 # --- anchors: which rules can match, and where -------------------------------------
 
 
+# A group of words of which one must occur wherever a clause holds: per term, the pattern
+# numbers of its words (the term occurs only where all of them do), plus built-ins.
+_Group = tuple[tuple[frozenset[int], ...], frozenset[str]]
+
+
 @dataclass(frozen=True, slots=True)
 class _Anchor:
     """Per clause of a rule: its scope and the groups of words a match must hold.
 
     A clause holds only in a unit (sentence, paragraph) where each `all` item and one `any`
-    item occur, and a term occurs only where each of its words does: so each group (one word
-    per term of an item, or of all `any` items, plus their built-ins) has a member in every
-    unit where the clause holds.
+    item occur, and a term occurs only where each of its words does: so each group (the
+    terms of an item, or of all `any` items, plus their built-ins) has a term whose rarest
+    word stands in every unit where the clause holds.
     """
 
-    clauses: tuple[tuple[Scope, tuple[tuple[frozenset[int], frozenset[str]], ...]], ...]
+    clauses: tuple[tuple[Scope, tuple[_Group, ...]], ...]
 
 
-# Words too common to tell where a term may be (only speed depends on this list).
-_COMMON_TEXT = """a an and are as at be but by can do for from have i if in is it me my no not of
-    on or
-    our so that the this to us was we will with would you your
-    am auf aus bei das dass dem den der des die du ein eine einen er es für hat ich ihr ihre
-    ihnen im in ist mit nicht noch nur oder sie sind uns unser unsere und von wir zu
-    au aux avec ce ces dans de des du elle en est et il je la le les leur mais ne nos notre
-    nous on ou par pas pour que qui sa se ses son sur un une vos votre vous
-    al con del el es esta este las lo los mi mis nos nuestra nuestro para por que se su sus
-    te tu una usted y
-    che ci con da dal della di e gli ha il io la le lei mi nel non per più si sono su ti un
-    una vi voi"""
-_COMMON_WORDS = frozenset(_COMMON_TEXT.split())
-
-
-def _anchor_of(
-    rule: Rule,
-    term_steps: Mapping[Term, tuple[tuple[int, int], ...]],
-    patterns: Sequence[WordPattern],
-) -> _Anchor:
-    def telling(pid: int) -> tuple[bool, int]:
-        text = patterns[pid].text
-        return text not in _COMMON_WORDS, len(text)  # a rare word, and a longer one
-
+def _anchor_of(rule: Rule, term_steps: Mapping[Term, tuple[tuple[int, int], ...]]) -> _Anchor:
     clauses = []
     for clause in (rule.clause, *rule.requires):
         items: list[tuple[Item, ...]] = [(item,) for item in clause.all]
@@ -494,13 +495,15 @@ def _anchor_of(
             items.append(clause.any)
         groups = []
         for group in items:
-            pids = frozenset(
-                max((pid for pid, _ in term_steps[term]), key=telling)
-                for item in group
-                for term in item.terms
+            terms = tuple(
+                dict.fromkeys(
+                    frozenset(pid for pid, _ in term_steps[term])
+                    for item in group
+                    for term in item.terms
+                )
             )
             names = frozenset(name for item in group for name in item.builtins)
-            groups.append((pids, names))
+            groups.append((terms, names))
         clauses.append((clause.scope, tuple(groups)))
     return _Anchor(tuple(clauses))
 
@@ -510,8 +513,8 @@ class _Regions:
 
     A clause of sentence (paragraph) scope holds only in a sentence (paragraph) holding a
     member of each of its groups: the intersection of the groups' units, computed from the
-    rarest group up. A rule with a clause that can hold nowhere is dropped; a rule with a
-    message-scope clause needs the whole text.
+    rarest group up (per term, only its rarest word is looked for). A rule with a clause that
+    can hold nowhere is dropped; a rule with a message-scope clause needs the whole text.
     """
 
     def __init__(self, part: _Part, census: _Census) -> None:
@@ -520,7 +523,9 @@ class _Regions:
         self.text = part.norm.text
         self._breaks: dict[Scope, list[int]] = {}
         self._positions: dict[int, list[int]] = {}
-        self._units: dict[tuple[Scope, frozenset[int], frozenset[str]], set[int]] = {}
+        # Keyed by id(): groups live as long as the rule set, and hashing them is slow.
+        self._units: dict[tuple[Scope, int], set[int]] = {}
+        self._rarest_words: dict[int, frozenset[int]] = {}
 
     def of(
         self, rules: Sequence[Rule], anchors: Mapping[int, _Anchor]
@@ -530,12 +535,13 @@ class _Regions:
         wanted: dict[Scope, set[int]] = {}
         kept = []
         whole = False
-        counts = self.census.counts
         occs = self.part.builtin_occs
 
-        def size(group: tuple[frozenset[int], frozenset[str]]) -> int:
-            pids, names = group
-            return sum(counts.get(p, 0) for p in pids) + sum(len(occs.get(n, ())) for n in names)
+        def size(group: _Group) -> int:
+            pids = self._rarest(group)
+            return sum(self.census.counts[p] for p in pids) + sum(
+                len(occs.get(name, ())) for name in group[1]
+            )
 
         for rule in rules:
             needs_whole = False
@@ -582,18 +588,29 @@ class _Regions:
                 merged.append((begin, end))
         return kept, merged
 
-    def _group_units(self, scope: Scope, group: tuple[frozenset[int], frozenset[str]]) -> set[int]:
-        key = (scope, *group)
+    def _rarest(self, group: _Group) -> frozenset[int]:
+        """Per term of the group found in the part, its word found least often."""
+        found = self._rarest_words.get(id(group))
+        if found is None:
+            counts = self.census.counts
+            chosen = set()
+            present = counts.keys()
+            for pids in group[0]:
+                if present >= pids:
+                    chosen.add(min(pids, key=counts.__getitem__))
+            found = self._rarest_words[id(group)] = frozenset(chosen)
+        return found
+
+    def _group_units(self, scope: Scope, group: _Group) -> set[int]:
+        key = (scope, id(group))
         found = self._units.get(key)
         if found is None:
-            pids, names = group
             starts = self._starts(scope)
             left = bisect.bisect_left
             found = set()
-            for pid in pids:
-                if pid in self.census.counts:
-                    found.update(left(starts, p) for p in self._pattern_positions(pid))
-            for name in names:
+            for pid in self._rarest(group):
+                found.update(left(starts, p) for p in self._pattern_positions(pid))
+            for name in group[1]:
                 found.update(left(starts, o.start) for o in self.part.builtin_occs.get(name, ()))
             self._units[key] = found
         return found
@@ -731,7 +748,7 @@ class RuleSet:
     scanner: _Scanner | None = None
     builtins_used: frozenset[str] = frozenset()
     item_plans: Mapping[int, _ItemPlan] = field(default_factory=dict)
-    index: _ItemIndex = field(default_factory=lambda: _ItemIndex((), ()))
+    index: _ItemIndex = field(default_factory=lambda: _ItemIndex((), (), ()))
     rule_patterns: Mapping[int, frozenset[int]] = field(default_factory=dict)
     # Per rule: the items every clause needs and, per clause with `any`, the items of which one
     # must occur; the first test of every rule on every part, so two set operations.
@@ -1153,17 +1170,21 @@ def _compile(
                     plans[id(item)] = shared
                     continue
                 ids = tuple(dict.fromkeys(term_ids[term] for term in item.terms))
+                by_first: dict[int, list[int]] = {}
+                for position, term_id in enumerate(ids):
+                    by_first.setdefault(compiled[term_id][0][0], []).append(position)
                 plans[id(item)] = plan_by_item[item] = _ItemPlan(
                     index=len(plan_by_item),
                     term_ids=ids,
                     builtins=item.builtins,
+                    by_first={pid: tuple(terms) for pid, terms in by_first.items()},
                 )
     for terms in term_lists.values():
         for term in terms:
             add_term(term)
     pattern_list = tuple(pattern_objects)
     term_steps = {term: compiled[term_id] for term, term_id in term_ids.items()}
-    anchors = {id(rule): _anchor_of(rule, term_steps, pattern_list) for rule in rules}
+    anchors = {id(rule): _anchor_of(rule, term_steps) for rule in rules}
     return RuleSet(
         rules=rules,
         version=version,
@@ -1178,7 +1199,7 @@ def _compile(
         anchors=anchors,
         builtins_used=frozenset(builtins_used),
         item_plans=plans,
-        index=_ItemIndex(plan_by_item.values(), compiled),
+        index=_ItemIndex(plan_by_item.values(), compiled, pattern_list),
         phrase_offsets=tuple(_phrase_offsets(steps, pattern_list) for steps in compiled),
         rule_needs={
             id(rule): (
