@@ -115,8 +115,23 @@ class _Part:
         self._possible: set[int] | None = None
         self._by_word: dict[tuple[int, int], _Occ] = {}
         self.alive: list[Rule] = []
+        self._sentence_starts: list[int] | None = None
+        self._paragraph_starts: list[int] | None = None
         # Where candidates were looked for (the whole text unless the anchors narrowed it).
         self.ranges: Sequence[tuple[int, int]] = ((0, len(norm.text)),)
+
+    def sentence_starts(self) -> list[int]:
+        """Where each sentence break of the text starts, in order (computed once)."""
+        if self._sentence_starts is None:
+            self._sentence_starts = _sentence_starts(self.norm.text)
+        return self._sentence_starts
+
+    def paragraph_starts(self) -> list[int]:
+        """Where each paragraph break of the text starts, in order (computed once)."""
+        if self._paragraph_starts is None:
+            text = self.norm.text
+            self._paragraph_starts = [m.start() for m in PARAGRAPH_BREAK_RE.finditer(text)]
+        return self._paragraph_starts
 
     # Word indices, sentences and paragraphs are computed once, for the positions that
     # matter (starts and ends of candidates). Few positions: count segment by segment from
@@ -186,12 +201,8 @@ class _Part:
         # words of those ranges only keeps every such difference exact.
         finditer = WORD_START_RE.finditer
         words = [m.start() for begin, end in self.ranges for m in finditer(text, begin, end)]
-        sentences = [m.start() for m in SENTENCE_BREAK_RE.finditer(text)]
-        paragraphs = (
-            [m.start() for m in PARAGRAPH_BREAK_RE.finditer(text)]
-            if self.ruleset.uses_paragraphs
-            else []
-        )
+        sentences = self.sentence_starts()
+        paragraphs = self.paragraph_starts() if self.ruleset.uses_paragraphs else []
         left = bisect.bisect_left
         return {
             pos: (left(words, pos), left(sentences, pos), left(paragraphs, pos))
@@ -366,6 +377,27 @@ def _count_words(text: str, start: int, end: int, cap: int) -> int:
     return count
 
 
+# Every sentence break starts with one of these: searching for them first is several times
+# faster than trying the whole break pattern at every position.
+_SENTENCE_BREAK_FIRST_RE = re.compile("[.!?\u2026\u3002\uff61\n]")
+
+
+def _sentence_starts(text: str) -> list[int]:
+    """The starts of SENTENCE_BREAK_RE's matches, as its finditer() gives them."""
+    starts = []
+    match = SENTENCE_BREAK_RE.match
+    taken = 0
+    for candidate in _SENTENCE_BREAK_FIRST_RE.finditer(text):
+        at = candidate.start()
+        if at < taken:
+            continue
+        found = match(text, at)
+        if found is not None:
+            starts.append(at)
+            taken = found.end()
+    return starts
+
+
 def _has_break(pattern: re.Pattern[str], text: str, start: int, end: int) -> bool:
     # One character of look-ahead past `end` so "shop.com" is not a sentence end at "shop.".
     match = pattern.search(text, start, min(len(text), end + 1))
@@ -388,8 +420,7 @@ class _SentenceFilter:
     def __init__(self, part: _Part) -> None:
         self.part = part
         self.ruleset = part.ruleset
-        text = part.norm.text
-        self.breaks = [m.start() for m in SENTENCE_BREAK_RE.finditer(text)]
+        self.breaks = part.sentence_starts()
         self._by_pattern: dict[int, set[int]] = {}
         self._by_item: dict[int, set[int]] = {}
         # Per kept rule: the sentences it may match in; None when a clause is not sentence-scope.
@@ -618,8 +649,9 @@ class _Regions:
     def _starts(self, scope: Scope) -> list[int]:
         found = self._breaks.get(scope)
         if found is None:
-            pattern = SENTENCE_BREAK_RE if scope is Scope.SENTENCE else PARAGRAPH_BREAK_RE
-            found = self._breaks[scope] = [m.start() for m in pattern.finditer(self.text)]
+            part = self.part
+            starts = part.sentence_starts if scope is Scope.SENTENCE else part.paragraph_starts
+            found = self._breaks[scope] = starts()
         return found
 
     def _pattern_positions(self, pid: int) -> list[int]:

@@ -753,3 +753,27 @@ def test_word_tables_take_whole_runs_only() -> None:
     assert table.starts("5 15 5a a5 55 5", "5") == [0, 5, 9, 14]
     with pytest.raises(ValueError, match="not a run"):
         _WordTable({"e-mail": [0]}, {})
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "One. Two! Three? Four… five",
+        "Wait... what?! Yes.\nNo",
+        "shop.example and v1.2 and a.b.c",
+        "Line\n\nParagraph\n \t\nAnother",
+        "Items:\n- one\n* two\n• three\n1. four\n12) five\n123. six",
+        "ご注文ありがとうございます。レビューをお願いします｡以上",
+        '"Quoted." (Parens.) «Fr.» 「ja。」 end.',
+        "ends with a dot.",
+        "ends with a dot.\n",
+        "",
+        "\n\n\n",
+    ],
+)
+def test_sentence_starts_agree_with_the_break_pattern(text: str) -> None:
+    from relay.engine import _sentence_starts
+    from relay.normalize import SENTENCE_BREAK_RE
+
+    norm = normalize(text).text
+    assert _sentence_starts(norm) == [m.start() for m in SENTENCE_BREAK_RE.finditer(norm)]
