@@ -377,9 +377,11 @@ def _count_words(text: str, start: int, end: int, cap: int) -> int:
     return count
 
 
-# Every sentence break starts with one of these: searching for them first is several times
-# faster than trying the whole break pattern at every position.
-_SENTENCE_BREAK_FIRST_RE = re.compile("[.!?\u2026\u3002\uff61\n]")
+# Where a sentence break can start: a run of end marks (a break never starts inside one if
+# not at its start), 。, or a line break not followed by a letter (the lines of wrapped
+# prose are). Searching for these first is several times faster than trying the whole
+# break pattern at every position.
+_SENTENCE_BREAK_FIRST_RE = re.compile(f"[.!?\u2026]+|[\u3002\uff61]|\n(?![{LETTER}])")
 
 
 def _sentence_starts(text: str) -> list[int]:

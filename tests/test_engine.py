@@ -777,3 +777,15 @@ def test_sentence_starts_agree_with_the_break_pattern(text: str) -> None:
 
     norm = normalize(text).text
     assert _sentence_starts(norm) == [m.start() for m in SENTENCE_BREAK_RE.finditer(norm)]
+
+
+def test_sentence_starts_agree_on_every_corpus_body() -> None:
+    from relay.engine import _sentence_starts
+    from relay.normalize import SENTENCE_BREAK_RE
+    from tests.corpus.build import load_corpus
+
+    for item in load_corpus():
+        for text in (item.body, item.quoted or ""):
+            norm = normalize(text).text
+            expected = [m.start() for m in SENTENCE_BREAK_RE.finditer(norm)]
+            assert _sentence_starts(norm) == expected, item.id
