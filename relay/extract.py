@@ -21,8 +21,8 @@ import re
 from dataclasses import dataclass, field
 from email.message import Message
 
+from relay.fastparse import parse_message
 from relay.htmltext import html_to_text
-from relay.mimeparse import parse_bytes
 from relay.model import Part, ScanInput
 from relay.quotes import is_forward_subject, strip_quotes
 
@@ -75,7 +75,7 @@ def extract(raw: bytes, *, max_depth: int = 5, max_parts: int = 200) -> ScanInpu
     """
     walker = _Walker(max_depth=max_depth, max_parts=max_parts)
     try:
-        message = parse_bytes(raw)
+        message = parse_message(raw)
         subject = walker.message(message, prefix="", depth=0)
         message_id = _raw_header(message, "message-id")
     except Exception as exc:  # a parser bug must not turn into lost or unscanned mail
@@ -360,7 +360,7 @@ class _Walker:
                 data = _decode_base64(body) if "base64" in encoding else quopri.decodestring(body)
             else:
                 data, _ = _payload_bytes(part)
-            inner = parse_bytes(data)
+            inner = parse_message(data)
         self.message(inner, prefix=prefix, depth=depth + 1)
 
 
