@@ -9,7 +9,7 @@ from pathlib import Path
 
 from bench.loadgen import encode, run_load
 from bench.sink import SinkProcess
-from bench.stats import fmt
+from bench.stats import fmt, percentile
 from bench.targets import RelayTarget, Target, TargetUnavailable
 from bench.traffic import make_message
 from tests.mta import LOOPBACK
@@ -52,8 +52,10 @@ class _Sampler(threading.Thread):
             time.sleep(0.02)
 
 
-async def _measure(target: Target, sessions: int) -> tuple[float, float, int, int, float]:
-    """(idle MiB, peak MiB, accepted, errors, seconds) for one fresh target."""
+async def _measure(
+    target: Target, sessions: int
+) -> tuple[float, float, int, int, float, list[float]]:
+    """(idle MiB, peak MiB, accepted, errors, seconds, latencies) for one fresh target."""
     message = make_message(random.Random(10), 0, "large", False, MESSAGE_SIZE)
     payloads = encode([message]) * sessions
     pids = target.pids()
@@ -65,7 +67,8 @@ async def _measure(target: Target, sessions: int) -> tuple[float, float, int, in
     seconds = time.perf_counter() - started
     sampler.stop_flag.set()
     sampler.join()
-    return idle, sampler.peak_kib / 1024, result.accepted, len(result.errors), seconds
+    peak = sampler.peak_kib / 1024
+    return idle, peak, result.accepted, len(result.errors), seconds, result.latencies
 
 
 async def measure_peak_rss(sessions: int) -> str:
@@ -77,10 +80,10 @@ async def measure_peak_rss(sessions: int) -> str:
             try:
                 target.__enter__()
             except TargetUnavailable as exc:
-                rows.append(f"| {target.name} | SKIPPED | | | | {exc} |")
+                rows.append(f"| {target.name} | SKIPPED | | | | | | {exc} |")
                 continue
             try:
-                idle, peak, accepted, errors, seconds = await _measure(target, sessions)
+                idle, peak, accepted, errors, seconds, latencies = await _measure(target, sessions)
             finally:
                 target.stop()
         verdict = (
@@ -90,12 +93,13 @@ async def measure_peak_rss(sessions: int) -> str:
         )
         rows.append(
             f"| {target.name} | {fmt(idle)} | {fmt(peak)} | {accepted}/{sessions} | "
-            f"{fmt(seconds)} | errors {errors} {verdict} |"
+            f"{fmt(seconds)} | {fmt(percentile(latencies, 50))} | "
+            f"{fmt(percentile(latencies, 99))} | errors {errors} {verdict} |"
         )
     head = (
         f"Memory: {sessions} concurrent sessions, each sending one 10 MiB message; "
-        "RSS of the target's process tree sampled every 20 ms\n\n"
-        "| target | idle RSS MiB | peak RSS MiB | accepted | seconds | notes |\n"
-        "|---|---|---|---|---|---|"
+        "RSS of the target's process tree sampled every 20 ms; latency = end of DATA to reply\n\n"
+        "| target | idle RSS MiB | peak RSS MiB | accepted | seconds | p50 s | p99 s | notes |\n"
+        "|---|---|---|---|---|---|---|---|"
     )
     return head + "\n" + "\n".join(rows)
