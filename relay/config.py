@@ -613,6 +613,11 @@ class LimitsConfig:
     scan_timeout: float = setting(
         30.0, seconds, "deadline to parse and scan one message; then quarantined (limits)"
     )
+    max_concurrent_scan_size: int = setting(
+        32 * 1024 * 1024,
+        size,
+        "bytes of messages of 1 MiB and over parsed and scanned at once; others wait their turn",
+    )
 
 
 @dataclass(frozen=True)

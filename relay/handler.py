@@ -24,7 +24,7 @@ from relay.audit import AuditLog
 from relay.config import Config
 from relay.errors import QuarantineError, UpstreamError
 from relay.forwarder import DeliveryFailed, Forwarder
-from relay.limits import LimitExceeded, run_within
+from relay.limits import LimitExceeded, ScanGate, run_within
 from relay.model import CLEAN, Action, Verdict
 from relay.policy import decide, reject_reply, tagged
 from relay.quarantine import QuarantineStore
@@ -118,7 +118,18 @@ class RelayHandler:
     """aiosmtpd handler; `runtime` is replaced as a whole on reload, never mutated."""
 
     def __init__(self, runtime: Runtime) -> None:
+        # Shared by every transaction, across reloads: how many large messages scan at once.
+        self.scan_gate = ScanGate(runtime.config.limits.max_concurrent_scan_size)
         self.runtime = runtime
+
+    @property
+    def runtime(self) -> Runtime:
+        return self._runtime
+
+    @runtime.setter
+    def runtime(self, runtime: Runtime) -> None:
+        self._runtime = runtime
+        self.scan_gate.resize(runtime.config.limits.max_concurrent_scan_size)
 
     # --- session events (called by the server's protocol, which aiosmtpd has no hook for) ---
 
@@ -287,7 +298,10 @@ class RelayHandler:
     ) -> str:
         try:
             (message_id, subject), verdict = await run_within(
-                lambda: _inspect(runtime.scan, data), runtime.config.limits.scan_timeout
+                lambda: _inspect(runtime.scan, data),
+                runtime.config.limits.scan_timeout,
+                gate=self.scan_gate,
+                size=len(data),
             )
         except LimitExceeded as exc:
             return await self._hold_over_limits(runtime, envelope, data, queue_id, record, exc)
