@@ -155,7 +155,8 @@ def decode_bytes(data: bytes, declared: str | None) -> tuple[str, str | None]:
 
 
 def _has_jis_escapes(data: bytes) -> bool:
-    return b"\x1b$" in data or b"\x1b(" in data
+    # The one-byte search first: a two-byte `in` is many times slower on long bodies.
+    return b"\x1b" in data and (b"\x1b$" in data or b"\x1b(" in data)
 
 
 def _codec(declared: str) -> str | None:
@@ -329,7 +330,8 @@ class _Walker:
         text, note = decode_bytes(data, declared)
         if note:
             self.notes.append(f"{origin}: {note}")
-        text = text.replace("\r\n", "\n").replace("\r", "\n")
+        if "\r" in text:  # a one-character search is cheap; the two-character one is not
+            text = text.replace("\r\n", "\n").replace("\r", "\n")
         if is_html:
             text = html_to_text(text, strip_quotes=not is_attachment, forward=scope.forward)
         elif _param(part, "format") == "flowed":

@@ -74,8 +74,8 @@ _HEADER_LOOKAHEAD = 5
 # Every check below needs one of these characters on the line: a quote mark, the first character
 # of a separator or marker, a marker's trailing dash, or the colon that ends an attribution or a
 # header label. A line without any of them is always kept, so it need not be looked at alone.
-_SIGNIFICANT = re.compile(r"[>\-_=*:：]")
-_COLON_CHAR = re.compile(r"[:：]")
+_SIGNIFICANT = (">", "-", "_", "=", "*", ":", "：")
+_COLONS = (":", "：")
 # An attribution may be wrapped over up to three lines, the last one ending with its colon.
 _ATTRIBUTION_REACH = 2
 
@@ -131,24 +131,31 @@ def strip_quotes(text: str, *, forward: bool = False) -> str:
 def _candidate_lines(text: str) -> list[int]:
     """The sorted indexes of the lines of `text` that a quote, marker or attribution check may hit.
 
-    A regex search per such line instead of Python checks on every line: in most messages only
-    a few lines hold a quote mark, a dash or a colon. A line with a colon also makes the lines
-    above it candidates, where an attribution wrapped over several lines would start.
+    A search per character and per line holding it, instead of Python checks on every line: in
+    most messages only a few lines hold a quote mark, a dash or a colon. A line with a colon
+    also makes the lines above it candidates, where an attribution wrapped over several lines
+    would start. `str.find` per character, not one regex with a character class: the class is
+    tested character by character, the plain search skips ahead many times faster.
     """
+    has_colon: dict[int, bool] = {}  # line start offset -> whether the line holds a colon
+    for char in _SIGNIFICANT:
+        colon = char in _COLONS
+        position = text.find(char)
+        while position >= 0:
+            line_start = text.rfind("\n", 0, position) + 1
+            has_colon[line_start] = colon or has_colon.get(line_start, False)
+            line_end = text.find("\n", position)
+            if line_end < 0:
+                break
+            position = text.find(char, line_end + 1)
     candidates: set[int] = set()
     line = 0
     counted_from = 0
-    match = _SIGNIFICANT.search(text)
-    while match is not None:
-        position = match.start()
-        line += text.count("\n", counted_from, position)
-        line_end = text.find("\n", position)
-        if line_end < 0:
-            line_end = len(text)
-        reach = _ATTRIBUTION_REACH if _COLON_CHAR.search(text, position, line_end) else 0
+    for line_start in sorted(has_colon):
+        line += text.count("\n", counted_from, line_start)
+        counted_from = line_start
+        reach = _ATTRIBUTION_REACH if has_colon[line_start] else 0
         candidates.update(range(max(0, line - reach), line + 1))
-        counted_from = line_end
-        match = _SIGNIFICANT.search(text, line_end + 1)
     return sorted(candidates)
 
 
