@@ -76,8 +76,34 @@ _SOFT_BREAK_BETWEEN_CJK = re.compile(f"([{_CJK}]){_SOFT_BREAK}+(?=[{_CJK}])")
 # one space.
 _SPACE = " \t\r\f"
 _SPACE_RUN = re.compile(r"[ \t\r\f]+")
+# A line break with a space (or another break) beside it. Both open with the line break, which
+# lets the regex engine skip ahead to the next one; a two-character `in` test is much slower.
+_SPACE_BESIDE_BREAK = re.compile(r"\n(?:(?<=[ \t\r\f]\n)|[ \t\r\f\n])")
+_SPACE_BESIDE_NEWLINE = re.compile(r"\n(?:(?<=[ \t]\n)|[ \t])")
 _MULTI_SPACE = re.compile(r"[ \t]{2,}")
 _MANY_NEWLINES = re.compile(r"\n\n\n+")  # not \n{3,}: a literal start lets the search skip ahead
+# The plain subset of markup that `_feed_plain` reads itself (see there); ASCII whitespace only.
+_PLAIN_ATTRIBUTE = re.compile(
+    r"""[ \t\n\r\f]+([a-zA-Z_:][-a-zA-Z0-9_:.]*)"""
+    r"""(?:[ \t\n\r\f]*=[ \t\n\r\f]*("[^"]*"|'[^']*'|[^ \t\n\r\f"'=<>`]+))?"""
+)
+_PLAIN_MARKUP = re.compile(
+    r"<(?:"
+    r"(?P<start>[a-zA-Z][-a-zA-Z0-9_:.]*)(?P<attrs>(?:" + _PLAIN_ATTRIBUTE.pattern + r")*)"
+    r"[ \t\n\r\f]*(?P<close>/?)>"
+    r"|/(?P<end>[a-zA-Z][-a-zA-Z0-9_:.]*)[ \t\n\r\f]*>"
+    r"|!--(?![->])(?:[^-]|-(?!-))*(?<!-)-->"
+    r"|![dD][oO][cC][tT][yY][pP][eE][^<>]*>"
+    r"|\?[^<>]*>"
+    r")"
+)
+_PLAIN_END_TAG = re.compile(r"</([a-zA-Z][-a-zA-Z0-9_:.]*)[ \t\n\r\f]*>")
+# Bodies the stdlib parser reads as text up to their end tag.
+_RAW_TEXT_TAGS = frozenset({"script", "style"})
+# Elements whose bodies some Python versions' parsers read as text and others as markup.
+_PLAIN_REFUSED = frozenset(
+    {"title", "textarea", "xmp", "iframe", "noembed", "noframes", "noscript", "plaintext"}
+)
 _NOT_A_TAG = re.compile(r"<(?![A-Za-z!?/])|<(?=/(?![A-Za-z]))|<(?=!\[(?!CDATA\[))")
 _ANY_TAG = re.compile(r"<[^<>]*>")
 
@@ -95,12 +121,98 @@ def html_to_text(html: str, *, strip_quotes: bool = False, forward: bool = False
     """
     html = _defuse(html)
     renderer = _Renderer(strip_quotes=strip_quotes, forward=forward)
-    try:
-        renderer.feed(html)
-        renderer.close()
-    except Exception:  # the stdlib parser asserts on some malformed declarations
-        return _crude_text(html)
+    if not _feed_plain(renderer, html):
+        renderer = _Renderer(strip_quotes=strip_quotes, forward=forward)
+        try:
+            renderer.feed(html)
+            renderer.close()
+        except Exception:  # the stdlib parser asserts on some malformed declarations
+            return _crude_text(html)
     return renderer.text()
+
+
+def _feed_plain(parser: HTMLParser, html: str) -> bool:
+    """Feed `parser` the events the stdlib tokenizer would, if `html` is plainly written.
+
+    The stdlib tokenizer costs several regex matches and Python calls per tag; one match per
+    tag does for markup in a plain subset: start tags with space-separated, well-quoted (or
+    simply unquoted) attributes, end tags, simple comments, doctype and processing
+    instructions, script and style bodies without `</` in them. Within that subset the stdlib
+    parser (of any recent Python version) calls its handlers with exactly these arguments. At
+    the first construct outside it, returns False: the caller starts over with the stdlib
+    parser on a fresh handler.
+    """
+    handle_data = parser.handle_data
+    position = 0
+    end = len(html)
+    try:
+        while position < end:
+            opening = html.find("<", position)
+            if opening < 0:
+                opening = end
+            if opening > position:
+                handle_data(unescape(html[position:opening]))
+                if opening == end:
+                    break
+            match = _PLAIN_MARKUP.match(html, opening)
+            if match is None:
+                return False
+            position = match.end()
+            tag = match.group("start")
+            if tag is not None:
+                tag = tag.lower()
+                if tag in _PLAIN_REFUSED:
+                    return False
+                attrs = _plain_attributes(match.group("attrs"))
+                if match.group("close"):
+                    parser.handle_startendtag(tag, attrs)
+                    continue
+                parser.handle_starttag(tag, attrs)
+                if tag in _RAW_TEXT_TAGS:
+                    position = _feed_raw_text(parser, html, position, tag)
+                    if position < 0:
+                        return False
+            elif match.group("end") is not None:
+                parser.handle_endtag(match.group("end").lower())
+            # Comments, doctype and processing instructions: the renderer ignores them.
+        parser.close()
+    except Exception:  # a handler failed: the stdlib path gives the same outcome its own way
+        return False
+    return True
+
+
+def _plain_attributes(text: str) -> list[tuple[str, str | None]]:
+    """Attributes as the stdlib parser reports them: lowercase names, values unescaped."""
+    attrs: list[tuple[str, str | None]] = []
+    if not text:
+        return attrs
+    for match in _PLAIN_ATTRIBUTE.finditer(text):
+        value: str | None = match.group(2)
+        if value is not None:
+            if value[:1] in "\"'":
+                value = value[1:-1]
+            if value:
+                value = unescape(value)
+        attrs.append((match.group(1).lower(), value))
+    return attrs
+
+
+def _feed_raw_text(parser: HTMLParser, html: str, start: int, tag: str) -> int:
+    """Feed a script or style body as the stdlib does (as it is), then its end tag.
+
+    Returns where the markup goes on, or -1 when the body is not plain: it holds `</` before
+    its end tag (or, for a script, `<!--`, which newer parsers treat specially).
+    """
+    closing = html.find("</", start)
+    if closing < 0 or (tag == "script" and "<!--" in html[start:closing]):
+        return -1
+    match = _PLAIN_END_TAG.match(html, closing)
+    if match is None or match.group(1).lower() != tag:
+        return -1
+    if closing > start:
+        parser.handle_data(html[start:closing])
+    parser.handle_endtag(tag)
+    return match.end()
 
 
 def _defuse(html: str) -> str:
@@ -197,13 +309,11 @@ class _Renderer(HTMLParser):
         if not raw.isascii():  # else there is no Japanese or Chinese character to join
             raw = _SOFT_BREAK_BETWEEN_CJK.sub(r"\1", joined).replace(_SOFT_BREAK, " ")
         # Each substitution tries every position of a long text: skip those with nothing to do.
-        if "\t" in raw or " \n" in raw or "\n " in raw:
+        if "\t" in raw or _SPACE_BESIDE_NEWLINE.search(raw):
             raw = _strip_around_newlines(raw)
         if "\t" in raw or "  " in raw:
             raw = _MULTI_SPACE.sub(" ", raw)
-        if "\n\n\n" in raw:
-            raw = _MANY_NEWLINES.sub("\n\n", raw)
-        return raw.strip()
+        return _MANY_NEWLINES.sub("\n\n", raw).strip()
 
     # Quote containers ---------------------------------------------------------------------
 
@@ -317,7 +427,11 @@ class _Renderer(HTMLParser):
             self._emit(data)
             return
         if "\n" in data:
-            data = _soft_breaks(data)
+            # Usually every line break stands alone, between two words: one replace does.
+            if _SPACE_BESIDE_BREAK.search(data):
+                data = _soft_breaks(data)
+            else:
+                data = data.replace("\n", _SOFT_BREAK)
         # Most text has single spaces only, which the substitution would leave as they are.
         if "  " in data or "\t" in data or "\r" in data or "\f" in data:
             data = _SPACE_RUN.sub(" ", data)

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import random
+from email import message_from_bytes
+from html.parser import HTMLParser
+
 import pytest
 
-from relay.htmltext import _crude_text, html_to_text
+from bench.traffic import make_message
+from relay.htmltext import _crude_text, _feed_plain, html_to_text
 
 
 def test_inline_tags_do_not_split_words() -> None:
@@ -178,3 +183,94 @@ def test_constructs_the_parser_would_rescan_are_read_as_text(piece: str) -> None
 def test_deep_unclosed_nesting_with_stray_closers_is_fast_enough() -> None:
     html = "<div>" * 50_000 + "</span>" * 50_000 + "end"
     assert html_to_text(html).endswith("end")
+
+
+class _Recorder(HTMLParser):
+    """Records every handler call the renderer would get, in order, with its arguments."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.events: list[tuple[object, ...]] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.events.append(("start", tag, attrs))
+
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.events.append(("startend", tag, attrs))
+
+    def handle_endtag(self, tag: str) -> None:
+        self.events.append(("end", tag))
+
+    def handle_data(self, data: str) -> None:
+        self.events.append(("data", data))
+
+
+def _stdlib_events(html: str) -> list[tuple[object, ...]]:
+    recorder = _Recorder()
+    recorder.feed(html)
+    recorder.close()
+    return recorder.events
+
+
+def _bench_html() -> str:
+    """The HTML alternative of the benchmark's 50 KB message, line breaks as extract() gives."""
+    message = message_from_bytes(make_message(random.Random(1), 0, "medium", False, 50_000).data)
+    html = next(part for part in message.walk() if part.get_content_type() == "text/html")
+    return str(html.get_payload()).replace("\r\n", "\n")
+
+
+PLAIN_HTML = [
+    _bench_html(),
+    '<!DOCTYPE html>\n<html><head><meta charset="utf-8"></head><body>\n<p class=x>Hi &amp; bye</p>',
+    "<P CLASS='gmail_quote' Data-X=\"a&gt;b\" hidden>te&#x4e00;xt<BR/>more<br />&bogus; AT&T</P>",
+    "<a href=mailto:x@y.com/>x</a><img alt=''><img alt=\"\" src=a.png/><o:p></o:p><x-y a = 'q'>",
+    "<!-- a comment --><?xml version='1.0'?><style>p { color: red } a>b</style><script>if (a < b) "
+    "{}</script ><p>after</p>",
+    "<div\nid='divRplyFwdMsg'\n>\n<td>\tcell\f</td>\n</div   >trailing &amp",
+]
+
+
+@pytest.mark.parametrize("html", PLAIN_HTML)
+def test_plain_markup_is_read_without_the_stdlib_tokenizer_and_alike(html: str) -> None:
+    recorder = _Recorder()
+    assert _feed_plain(recorder, html)
+    assert recorder.events == _stdlib_events(html)
+
+
+@pytest.mark.parametrize(
+    "html",
+    [
+        "<a b='c'd='e'>x</a>",  # attributes not separated by space
+        "<a b=c=d>x</a>",
+        "<a\u3000b>x</a>",  # a space only Unicode calls one
+        "<br / >",
+        "<title>a <b>title</b></title>",  # some Python versions read title bodies as text
+        "<script>a = '</b>';</script>",
+        "<script><!-- x --></script>",
+        "<style>p {}",  # never closed
+        "<!-- a -- b -->",
+        "<![CDATA[x]]>",
+        "<p>fine</p><p",
+    ],
+)
+def test_markup_outside_the_plain_subset_goes_to_the_stdlib_parser(html: str) -> None:
+    assert not _feed_plain(_Recorder(), html)
+    assert isinstance(html_to_text(html, strip_quotes=True), str)
+
+
+def test_random_plain_markup_gives_the_stdlib_events() -> None:
+    rng = random.Random(6)
+    pieces = [
+        "<p>", "</p>", "<div class='gmail_quote'>", "</div>", "<br>", "<br/>", "<b>", "</B>",
+        "<a href=\"mailto:x@y.com\">", "</a>", "<img alt='A&amp;B' />", "<td nowrap>", "</td>",
+        "<!-- c -->", "<style>x{}</style>", "<script>1</script>", "text", " ", "\n", "  \n  ",
+        "&amp;", "&nbsp;", "&#12354;", "AT&T", "日本", "\t", "<span\nstyle = \"a:b\">", "</span>",
+    ]  # fmt: skip
+    plain = 0
+    for _ in range(2000):
+        html = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 30)))
+        recorder = _Recorder()
+        if _feed_plain(recorder, html):
+            plain += 1
+            assert recorder.events == _stdlib_events(html), html
+    assert plain > 1900
