@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import random
+import sys
+
 import pytest
 
-from relay.normalize import excerpt, normalize, sentences, strip_accents, words
+from relay import normalize as normalize_module
+from relay.normalize import Normalized, excerpt, normalize, sentences, strip_accents, words
 
 
 @pytest.mark.parametrize(
@@ -202,3 +206,75 @@ def test_long_text_is_normalized_in_one_pass() -> None:
     assert norm.text.endswith("end")
     last = norm.text.rindex("review")
     assert text[slice(*norm.source_span(last, last + 6))] == "re\u200bview"
+
+
+# --- fast paths: each gives exactly what the full work gives ----------------------------
+
+_FRAGMENTS = (
+    " ", "  ", "\n", "\n\n", "\n\n\n", " \n", "\n ", "\t", "\r\n", "\x0b", "\x0c", "\x1c", "\x85",
+    "\u00a0", "\u2003", "\u2028", "\u3000", "review", "Star", "stars", "Sterne", "étoile",
+    "estrellas", "stella", "toile", "five", "fünf", "5", "4,5", "10", "/", "*", "**", "***", ".",
+    "★", "☆", "⭐", "\ufe0f", "星", "五", "つ", "rеviеw", "Ѕhop", "Ν", "ν", "ɑ", "µ", "ß", "İ",
+    "\u00ad", "\u200b", "\u2060", "\ufeff", "\u0301", "ｒｅｖｉｅｗ", "１２３", "ｶﾞ", "on ",
+)  # fmt: skip
+
+
+def _generated_texts(count: int = 3000, seed: int = 6) -> list[str]:
+    """Strings stitched from the fragments the fast paths must tell apart, deterministically."""
+    rng = random.Random(seed)
+    return [
+        "".join(rng.choice(_FRAGMENTS) for _ in range(rng.randrange(1, 14))) for _ in range(count)
+    ]
+
+
+def _everything(norm: Normalized) -> tuple[object, ...]:
+    spans = [norm.source_span(s, e) for s in range(len(norm.text) + 1) for e in (s, s + 1)]
+    return (norm.text, norm.bare, norm.bare is norm.text, norm.symbol_ratings, spans)
+
+
+def test_ascii_fast_path_is_what_full_folding_gives() -> None:
+    samples = [
+        "".join(map(chr, range(128))),
+        "Please LEAVE a 5* review at www.Shop.com  \t\r\n\x0b\x0c\x1c\x1f end",
+        *(text.encode("ascii", "ignore").decode() for text in _generated_texts(500)),
+    ]
+    for text in samples:
+        assert text.isascii()
+        assert normalize_module._fold_all(text) == (text.lower(), None)
+
+
+@pytest.mark.parametrize(
+    ("written", "read"),
+    [
+        ("Please leave a review", "please leave a review"),  # ASCII: the fast path
+        ("Please leave a rеview", "please leave a review"),  # one Cyrillic letter
+        ("Please leave a re\u00adview", "please leave a review"),  # soft hyphen
+        ("Please leave a re\u200bview", "please leave a review"),  # zero-width space
+        ("give us ５ stars", "give us 5 stars"),  # full-width digit
+        ("give us ★★★★★", "give us 5 stars"),
+        ("give us 5/5  now", "give us 5 stars now"),
+    ],
+)
+def test_ascii_and_nearly_ascii_texts(written: str, read: str) -> None:
+    assert normalize(written).text.strip() == read
+
+
+def test_odd_spaces_are_all_whitespace_but_space_and_line_break() -> None:
+    every = {chr(c) for c in range(sys.maxunicode + 1) if chr(c).isspace()}
+    assert set(normalize_module._ODD_SPACES) == every - {" ", "\n"}
+
+
+def test_collapsed_check_agrees_with_the_whitespace_regex() -> None:
+    for text in _generated_texts():
+        runs = {m.group() for m in normalize_module._WHITESPACE_RE.finditer(text)}
+        assert normalize_module._is_collapsed(text) == (runs <= {"\n\n"}), repr(text)
+
+
+def test_cheap_checks_change_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    texts = [*_generated_texts(), "".join(_FRAGMENTS), "5/5", "give 10/10 now", "4,5 / 5"]
+    fast = [_everything(normalize(text)) for text in texts]
+    monkeypatch.setattr(normalize_module, "_may_have_rating", lambda text: True)
+    monkeypatch.setattr(normalize_module, "may_have_star_word", lambda text: True)
+    monkeypatch.setattr(normalize_module, "_is_collapsed", lambda text: False)
+    slow = [_everything(normalize(text)) for text in texts]
+    assert fast == slow
