@@ -11,9 +11,15 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
-from relay.normalize import LETTER, Normalized
+from relay.normalize import LETTER, Normalized, may_have_star_word
 
 NAMES = ("email", "url", "phone", "rating", "top-rating", "symbol-rating", "top-symbol-rating")
+
+
+def _has_digit(text: str) -> bool:
+    """Whether `text` holds an ASCII digit: ten memchr scans, far cheaper than one regex scan."""
+    return any(digit in text for digit in "0123456789")
+
 
 # --- domains ----------------------------------------------------------------------------
 
@@ -73,6 +79,8 @@ _OBFUSCATED_DOT_RE = re.compile(_OBFUSCATED_DOT)
 def find_emails(text: str) -> list[tuple[int, int]]:
     """E-mail addresses (also `name [at] shop [dot] com`) whose domain is not Amazon's."""
     found: list[tuple[int, int]] = []
+    if not _may_have_email(text):
+        return found
     last_end = 0
     for at in _AT_RE.finditer(text):
         if at.start() < last_end:
@@ -99,6 +107,11 @@ def find_emails(text: str) -> list[tuple[int, int]]:
     return found
 
 
+def _may_have_email(text: str) -> bool:
+    """False when _AT_RE surely finds nothing: each of its matches starts with `@[({`."""
+    return "@" in text or "[" in text or "(" in text or "{" in text
+
+
 def _tld_ok(domain: str) -> bool:
     tld = domain.rsplit(".", 1)[-1]
     return len(tld) >= 2 and tld.isalpha()
@@ -115,8 +128,11 @@ _TLDS = _word_set(
 # Link shorteners and chat links whose first label is a single letter.
 _ONE_LETTER_HOSTS = frozenset({"t.me", "m.me"})
 _SCHEME_RE = re.compile(r"[hfw](?:(?<=h)ttps?://|(?<=f)tp://|(?<=w)ww\.)[^\s<>\"'(){}\[\]]+")
+# The lookahead rejects a sentence's full stop before the engine tries every TLD on it.
 _TLD_RE = re.compile(
-    r"\.(?:" + "|".join(sorted(set(_TLDS), key=len, reverse=True)) + r")(?![a-z0-9-]|\.[a-z0-9])"
+    r"\.(?=[a-z])(?:"
+    + "|".join(sorted(set(_TLDS), key=len, reverse=True))
+    + r")(?![a-z0-9-]|\.[a-z0-9])"
 )
 _DOMAIN_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-.")
 _PATH_RE = re.compile(r"(?:[/?#][^\s<>\"'(){}\[\]]*)?")
@@ -130,7 +146,7 @@ def find_urls(norm: Normalized) -> list[tuple[int, int]]:
     if "." not in text:
         return found
     taken_until = -1
-    for match in _SCHEME_RE.finditer(text):
+    for match in _SCHEME_RE.finditer(text) if _may_have_scheme(text) else ():
         start, end = match.start(), match.end()
         while end > start and text[end - 1] in _TRAILING:
             end -= 1
@@ -172,6 +188,14 @@ def find_urls(norm: Normalized) -> list[tuple[int, int]]:
     return found
 
 
+def _may_have_scheme(text: str) -> bool:
+    """False when _SCHEME_RE surely finds nothing: a match holds `://` or `www.`.
+
+    The regex would be tried at every h, f and w; `:` is rare, so memchr rules most text out.
+    """
+    return (":" in text and "://" in text) or "www." in text
+
+
 _SPELLED_DOT = r"(?:[ \t]+dot[ \t]+|[ \t]*[\[({](?:dot|punkt|point|punto)[\])}][ \t]*)"
 _SPELLED_DOMAIN_RE = re.compile(
     rf"(?<![a-z0-9-])[a-z0-9][a-z0-9-]{{1,62}}(?:{_SPELLED_DOT}[a-z0-9][a-z0-9-]{{0,62}}){{1,3}}"
@@ -181,7 +205,7 @@ _SPELLED_DOMAIN_RE = re.compile(
 
 def _spelled_domains(text: str) -> list[tuple[int, int]]:
     """`our-shop dot com`, `shop [dot] co [dot] uk`: a domain spelled out to slip through."""
-    if " dot " not in text and "dot]" not in text and "dot)" not in text and "t]" not in text:
+    if not _may_have_spelled_dot(text):
         return []
     found = []
     for match in _SPELLED_DOMAIN_RE.finditer(text):
@@ -190,6 +214,14 @@ def _spelled_domains(text: str) -> list[tuple[int, int]]:
         if labels[-1] in _TLDS and not is_amazon_domain(domain) and not is_carrier_domain(domain):
             found.append(match.span())
     return found
+
+
+def _may_have_spelled_dot(text: str) -> bool:
+    """Whether `text` holds ` dot `, `dot]`, `dot)` or `t]` (the spelled-dot forms looked at).
+
+    `dot]` contains `t]`; `]` and `dot` are looked for first because both are rare.
+    """
+    return ("]" in text and "t]" in text) or ("dot" in text and (" dot " in text or "dot)" in text))
 
 
 def _looks_written_as_domain(norm: Normalized, start: int, dot: int) -> bool:
@@ -246,7 +278,9 @@ def is_phone_number(candidate: str) -> bool:
 
 def find_phones(text: str) -> list[tuple[int, int]]:
     """Phone numbers in national or international form; not order ids, dates or prices."""
-    found = []
+    found: list[tuple[int, int]] = []
+    if not _has_digit(text):
+        return found  # every match of _PHONE_RE holds digits
     for match in _PHONE_RE.finditer(text):
         raw = match.group()
         start = match.start() + (len(raw) - len(raw.lstrip()))
@@ -273,9 +307,16 @@ _RATING_RE = re.compile(
 _NUMBER_RE = re.compile(r"[0-9](?:[.,][0-9])?")
 
 
+def _may_have_rating(text: str) -> bool:
+    """False when _RATING_RE surely finds nothing: a match holds a digit and a star word or 星."""
+    return _has_digit(text) and ("星" in text or may_have_star_word(text))
+
+
 def find_ratings(text: str, *, minimum: float = 0) -> list[tuple[int, int]]:
     """Star ratings, already normalized to `N stars` (or `5つ星`, `星5`) by normalize()."""
-    found = []
+    found: list[tuple[int, int]] = []
+    if not _may_have_rating(text):
+        return found
     for match in _RATING_RE.finditer(text):
         number = _NUMBER_RE.search(match.group())
         if number and float(number.group().replace(",", ".")) >= minimum:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import sys
 import textwrap
 from collections.abc import Callable, Iterator
@@ -11,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from relay import builtins
 from relay.builtins import find_emails, find_phones, find_urls, is_phone_number
 from relay.engine import RuleSet, bundled_rules_path, load_rules, parse_term
 from relay.errors import RuleError
@@ -564,6 +566,40 @@ def test_symbol_ratings(tmp_path: Path, text: str, symbol: bool, top: bool) -> N
     if symbol:
         (excerpt,) = hits(any_symbol, text)
         assert excerpt == " ".join(text.split())
+
+
+_BUILTIN_FRAGMENTS = (
+    " ", " ", "\n", "@", "(at)", "[at]", "{ at }", " dot ", "[dot]", "(dot)", "(punkt)", "t]",
+    "://", "http", "https://", "ftp://", "www.", "ww", ".com", ".de", ".co", "shop", "x", "5",
+    "0171", "1234567", "+49", "(", ")", "-", "/", "star", "stars", "sterne", "étoile",
+    "estrellas", "stella", "toile", "星", "つ", "を", "4.5", "amazon.de", ":", ".", "Thanks.It",
+    "★★★★★", "5/5", "***", "com", "de", "9",
+)  # fmt: skip
+
+
+def test_cheap_checks_in_builtins_change_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = random.Random(6)
+    texts = [
+        "".join(rng.choice(_BUILTIN_FRAGMENTS) for _ in range(rng.randrange(1, 16)))
+        for _ in range(3000)
+    ]
+    spelled = ["shop dot com", "shop[dot]de", "shop(dot)co(dot)uk", "our-shop (punkt) de"]
+    norms = [normalize(text) for text in [*texts, *PHONES, *spelled, "999 999 999"]]
+
+    def found() -> dict[str, list[list[tuple[int, int]]]]:
+        return {name: [builtins.find(name, norm) for norm in norms] for name in builtins.NAMES}
+
+    fast = found()
+    assert all(any(spans) for spans in fast.values())  # every finder finds something
+    gates = ("_may_have_email", "_may_have_scheme", "_has_digit")
+    for gate in (*gates, "_may_have_rating", "may_have_star_word"):
+        monkeypatch.setattr(builtins, gate, lambda text: True)
+    assert found() == fast
+    # This one is a deliberate choice of forms, not a proof: "(punkt)" alone is not looked at.
+    spelled_forms = (" dot ", "dot]", "dot)", "t]")
+    for text in [*texts, *spelled]:
+        expected = any(form in text for form in spelled_forms)
+        assert builtins._may_have_spelled_dot(text) == expected
 
 
 # --- linear time --------------------------------------------------------------------------
