@@ -155,14 +155,27 @@ class _Part:
                 placed = self.occs[pid] = [_Occ(start, end) for start, end in raw]
                 occs.extend(placed)
         if sentences:
-            left = bisect.bisect_left
+            left, right = bisect.bisect_left, bisect.bisect_right
+            # Sentence k holds the starts s with breaks[k - 1] < s <= breaks[k].
+            last = len(breaks)
+            bounds = sorted(
+                (breaks[k - 1] if k else -1, breaks[k] if k < last else len(self.norm.text))
+                for k in sentences
+            )
             for pid in partial:
                 raw = self.atoms.get(pid)
-                if raw:
+                if not raw:
+                    continue
+                if len(raw) <= 4 * len(bounds):
                     placed = [_Occ(s, e) for s, e in raw if left(breaks, s) in sentences]
-                    if placed:
-                        self.occs[pid] = placed
-                        occs.extend(placed)
+                else:  # many candidates, few sentences: cut the sorted list at the bounds
+                    placed = []
+                    for low, high in bounds:
+                        first = right(raw, (low, _END))
+                        placed += [_Occ(s, e) for s, e in raw[first : right(raw, (high, _END))]]
+                if placed:
+                    self.occs[pid] = placed
+                    occs.extend(placed)
         occs += [o for lst in self.builtin_occs.values() for o in lst]
         if not occs:
             return
@@ -305,6 +318,9 @@ class _Part:
         if self._possible is None:
             self._possible = self.ruleset.index.possible_items(self.atoms.keys(), self.builtin_occs)
         return self._possible
+
+
+_END = 1 << 62  # larger than any position: (p, _END) sorts after every span starting at p
 
 
 def _start(occ: _Occ) -> int:
