@@ -211,8 +211,10 @@ class _Part:
     def _place_dense(self, text: str, positions: list[int]) -> dict[int, tuple[int, int, int]]:
         # Word numbers only ever compare inside one sentence or paragraph, and every unit
         # that holds a candidate lies wholly inside one of the scanned ranges: counting the
-        # words of those ranges only keeps every such difference exact.
-        finditer = WORD_START_RE.finditer
+        # words of those ranges only keeps every such difference exact. Ranges start at a
+        # unit's start, never inside a word, so the starts of whole runs are the word starts
+        # (and twice as fast to find as WORD_START_RE's look-behinds at every letter).
+        finditer = _WORD_RE.finditer
         words = [m.start() for begin, end in self.ranges for m in finditer(text, begin, end)]
         sentences = self.sentence_starts()
         paragraphs = self.paragraph_starts() if self.ruleset.uses_paragraphs else []
@@ -320,6 +322,8 @@ class _Part:
         return self._possible
 
 
+# One match per word as WORD_START_RE counts them (a CJK character is a word).
+_WORD_RE = re.compile(f"[{LETTER}]+|[0-9]+|[{CJK}]")
 _END = 1 << 62  # larger than any position: (p, _END) sorts after every span starting at p
 
 
