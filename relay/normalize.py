@@ -121,7 +121,11 @@ def _simple_class() -> str:
     return "".join(esc(a) if a == b else f"{esc(a)}-{esc(b)}" for a, b in ranges)
 
 
-_SPECIAL_RE = re.compile(f"[^{_simple_class()}]+")
+# Patterns here open with a plain character class where they can ("[x][x]*", not "[x]+", nor a
+# lookbehind or an alternation): re then skips to the next character of that class in a
+# tight C loop instead of starting a match attempt at every position (2-3x faster).
+_SPECIAL = f"[^{_simple_class()}]"
+_SPECIAL_RE = re.compile(_SPECIAL + _SPECIAL + "*")
 """Runs of characters that `str.lower()` alone does not normalize."""
 
 _LATIN_BASE_RE = re.compile(f"[{LATIN}]")
@@ -153,9 +157,14 @@ _CAPITAL_CONFUSABLES = {
     "Ο": "O", "Ρ": "P", "Τ": "T", "Υ": "Y", "Χ": "X", "Ϲ": "C", "Ϳ": "J", "Ϝ": "F",
 }  # fmt: skip
 _CASED_CONFUSABLES = {**_CONFUSABLES, **str.maketrans(_CAPITAL_CONFUSABLES)}
-_MIXED_SEAM_RE = re.compile(f"[{LATIN}][{FOLDABLE}]|[{FOLDABLE}][{LATIN}]")
+_MIXED_SEAM_RE = re.compile(
+    f"[{LATIN}{FOLDABLE}](?:(?<=[{LATIN}])[{FOLDABLE}]|(?<=[{FOLDABLE}])[{LATIN}])"
+)
 _CASED_LATIN = "A-Z" + LATIN
-_CASED_SEAM_RE = re.compile(f"[{_CASED_LATIN}][{FOLDABLE}]|[{FOLDABLE}][{_CASED_LATIN}]")
+_CASED_SEAM_RE = re.compile(
+    f"[{_CASED_LATIN}{FOLDABLE}]"
+    f"(?:(?<=[{_CASED_LATIN}])[{FOLDABLE}]|(?<=[{FOLDABLE}])[{_CASED_LATIN}])"
+)
 _FOLDABLE_RE = re.compile(f"[{FOLDABLE}]")
 _WORD_END_RE = re.compile(f"[{LETTER}]*")
 
@@ -192,7 +201,7 @@ _NUMBER_WORD_RE = re.compile(
     # A hard-wrapped line may put the number word and the star word on two lines.
     rf"(?=[ \t\n\-\u2010\u2011\u2013]+(?:[{LETTER}]+[ \t\n\-]+)?{_STAR_WORD})"
 )
-_JA_NUMBER_RE = re.compile(r"[一二三四五](?=つ?星)|(?<=星)[一二三四五]")
+_JA_NUMBER_RE = re.compile(r"[一二三四五](?:(?=つ?星)|(?<=星.))")
 _LEADING_NUMBER_RE = re.compile(r"[0-9]+(?:[.,][0-9])?")
 # A literal prefix lets the regex engine jump between the few places "st" occurs; an
 # alternation of the star words would be tried at every position (10x slower).
@@ -240,7 +249,8 @@ def _strip_table() -> dict[int, str]:
 
 
 _STRIP = _strip_table()
-_ACCENTED_RE = re.compile("[" + "".join(re.escape(chr(c)) for c in sorted(_STRIP)) + "]+")
+_ACCENTED = "[" + "".join(re.escape(chr(c)) for c in sorted(_STRIP)) + "]"
+_ACCENTED_RE = re.compile(_ACCENTED + _ACCENTED + "*")
 
 
 def strip_accents(text: str) -> str:
@@ -368,7 +378,7 @@ def _fold_chars(text: str) -> tuple[str, OffsetMap | None]:
     return out.text(), out.map
 
 
-_PURE_FOLDABLE_RE = re.compile(f"(?<![{LETTER}])[{FOLDABLE}]+(?![{LETTER}])")
+_PURE_FOLDABLE_RE = re.compile(f"[{FOLDABLE}](?<![{LETTER}].)[{FOLDABLE}]*(?![{LETTER}])")
 _LATIN_LETTER_RE = re.compile(f"[{LATIN}]")
 _FOLDS = frozenset(chr(c) for c in _CONFUSABLES)
 
@@ -655,14 +665,20 @@ _LATIN_LOOKALIKES = str.maketrans(
     "agiiynrabcdefghijklmopstuvwz",
 )
 _LATIN_LOOKALIKE_RE = re.compile("[ɑɡɩıʏɴʀᴀʙᴄᴅᴇꜰɢʜɪᴊᴋʟᴍᴏᴘꜱᴛᴜᴠᴡᴢ]")
+_LOOKALIKE_HINT_RE = re.compile(f"[ɑɡɩıʏɴʀᴀʙᴄᴅᴇꜰɢʜɪᴊᴋʟᴍᴏᴘꜱᴛᴜᴠᴡᴢ{FOLDABLE}]")
 
 
 def _fold_all(text: str) -> tuple[str, OffsetMap | None]:
     """Every folding stage: look-alikes, NFKC, case, invisible characters and marks."""
-    if _LATIN_LOOKALIKE_RE.search(text):
-        text = text.translate(_LATIN_LOOKALIKES)
-    folded, char_map = _fold_chars(_fold_lookalikes(text, cased=True))
-    return _fold_lookalike_words(_fold_lookalikes(folded)), char_map
+    # One scan tells whether any look-alike stage has work, instead of one scan per stage.
+    if _LOOKALIKE_HINT_RE.search(text):
+        if _LATIN_LOOKALIKE_RE.search(text):
+            text = text.translate(_LATIN_LOOKALIKES)
+        text = _fold_lookalikes(text, cased=True)
+    folded, char_map = _fold_chars(text)
+    if _FOLDABLE_RE.search(folded):  # also made by folding: µ becomes Greek μ
+        folded = _fold_lookalike_words(_fold_lookalikes(folded))
+    return folded, char_map
 
 
 def normalize(text: str) -> Normalized:

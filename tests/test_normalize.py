@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import random
+import re
 import sys
 
 import pytest
 
 from relay import normalize as normalize_module
-from relay.normalize import Normalized, excerpt, normalize, sentences, strip_accents, words
+from relay.normalize import (
+    FOLDABLE,
+    LATIN,
+    LETTER,
+    Normalized,
+    excerpt,
+    normalize,
+    sentences,
+    strip_accents,
+    words,
+)
 
 
 @pytest.mark.parametrize(
@@ -278,3 +289,37 @@ def test_cheap_checks_change_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(normalize_module, "_is_collapsed", lambda text: False)
     slow = [_everything(normalize(text)) for text in texts]
     assert fast == slow
+
+
+# The regexes open with a plain character class so the engine can skip ahead in C; each must
+# find exactly what its readable form finds.
+_READABLE = {
+    "_SPECIAL_RE": normalize_module._SPECIAL + "+",
+    "_ACCENTED_RE": normalize_module._ACCENTED + "+",
+    "_PURE_FOLDABLE_RE": f"(?<![{LETTER}])[{FOLDABLE}]+(?![{LETTER}])",
+    "_MIXED_SEAM_RE": f"[{LATIN}][{FOLDABLE}]|[{FOLDABLE}][{LATIN}]",
+    "_CASED_SEAM_RE": f"[A-Z{LATIN}][{FOLDABLE}]|[{FOLDABLE}][A-Z{LATIN}]",
+    "_JA_NUMBER_RE": r"[一二三四五](?=つ?星)|(?<=星)[一二三四五]",
+}
+_WORDY_FRAGMENTS = (
+    *_FRAGMENTS, "Москва", "один", "Ελλάδα", "ναlue", "Тhe", "é", "ñ", "Ä", "ç", "ø", "ł", "Ḁ",
+    "eine", "zwei", "cinq", "deux", "trois", "uno", "una", "due", "tre", "quattro", "cinque",
+    "gold", "-", "\u2011", "五つ星", "星五", "三", "つ", "x", "1", "Ž", "ǅ", "ſ",
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(_READABLE))
+def test_fast_regexes_find_what_their_readable_forms_find(name: str) -> None:
+    fast = getattr(normalize_module, name)
+    readable = re.compile(_READABLE[name])
+    rng = random.Random(name)
+    texts = [
+        "".join(rng.choice(_WORDY_FRAGMENTS) for _ in range(rng.randrange(1, 14)))
+        for _ in range(4000)
+    ]
+    found = 0
+    for text in [*texts, *(t.lower() for t in texts)]:
+        spans = [m.span() for m in fast.finditer(text)]
+        assert spans == [m.span() for m in readable.finditer(text)], repr(text)
+        found += len(spans)
+    assert found > 10  # the texts exercise the pattern
