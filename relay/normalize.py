@@ -29,6 +29,7 @@ import re
 import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import accumulate
 
 # --- character classes shared with the engine -------------------------------------------
 
@@ -276,6 +277,16 @@ class OffsetMap:
         self._src_len: list[int] = []
         self._linear: list[bool] = []
 
+    @classmethod
+    def of_copies(
+        cls, out_starts: list[int], src_starts: list[int], lengths: list[int]
+    ) -> OffsetMap:
+        """The map of copied pieces only: the same as one `add(..., linear=True)` for each."""
+        offset_map = cls()
+        offset_map._out, offset_map._src, offset_map._src_len = out_starts, src_starts, lengths
+        offset_map._linear = [True] * len(lengths)
+        return offset_map
+
     def add(self, out_start: int, src_start: int, src_len: int, *, linear: bool) -> None:
         self._out.append(out_start)
         self._src.append(src_start)
@@ -349,6 +360,14 @@ def _fold_chars(text: str) -> tuple[str, OffsetMap | None]:
     """NFKC + casefold + removal of invisible characters, with a map when lengths change."""
     if text.isascii() or not _SPECIAL_RE.search(text):
         return text.lower(), None
+    pieces = _SPECIAL_SPLIT_RE.split(text)  # ordinary, special, ordinary, ..., ordinary
+    if all(_fold_char(char) == ("", False) for char in set("".join(pieces[1::2]))):
+        return _drop_invisible(pieces)
+    return _fold_special(text)
+
+
+def _fold_special(text: str) -> tuple[str, OffsetMap]:
+    """_fold_chars() for any text: each special character folded on its own."""
     out = _Builder()
     pos = 0
     for match in _SPECIAL_RE.finditer(text):
@@ -376,6 +395,25 @@ def _fold_chars(text: str) -> tuple[str, OffsetMap | None]:
                 out.replace(folded, src, 1)
     out.copy(text[pos:].lower(), pos)
     return out.text(), out.map
+
+
+_SPECIAL_SPLIT_RE = re.compile(f"({_SPECIAL_RE.pattern})")
+
+
+def _drop_invisible(pieces: list[str]) -> tuple[str, OffsetMap]:
+    """What _fold_chars() makes of a text whose special characters are all invisible glue.
+
+    Zero-width characters, soft hyphens and the like, often hundreds in an HTML mail's
+    preheader, are dropped with one join instead of a Python step for each character.
+    """
+    lengths = [len(piece) for piece in pieces]
+    starts = list(accumulate(lengths, initial=0))
+    # The ordinary pieces (even indices) are copied one for one; an empty one leaves no trace.
+    kept = [n for n in lengths[::2] if n]
+    src_starts = [start for start, n in zip(starts[::2], lengths[::2], strict=False) if n]
+    out_starts = list(accumulate(kept, initial=0))[:-1]
+    offset_map = OffsetMap.of_copies(out_starts, src_starts, kept)
+    return "".join(pieces[::2]).lower(), offset_map
 
 
 _PURE_FOLDABLE_RE = re.compile(f"[{FOLDABLE}](?<![{LETTER}].)[{FOLDABLE}]*(?![{LETTER}])")

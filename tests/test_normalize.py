@@ -323,3 +323,21 @@ def test_fast_regexes_find_what_their_readable_forms_find(name: str) -> None:
         assert spans == [m.span() for m in readable.finditer(text)], repr(text)
         found += len(spans)
     assert found > 10  # the texts exercise the pattern
+
+
+def test_dropping_invisible_characters_at_once_is_what_folding_each_gives() -> None:
+    # Every special character here is invisible glue, so _fold_chars() takes its shortcut.
+    invisible = ["\u200b", "\u200c", "\u200d", "\u2060", "\ufeff", "\u00ad", "\ufe0f", "\U000e0101"]
+    rng = random.Random(7)
+    pieces = [*invisible, "ab", "Ü", "X", " "]
+    texts = ["".join(rng.choice(pieces) for _ in range(12)) for _ in range(500)]
+    for text in [*texts, *invisible, "".join(invisible), "a" + "".join(invisible) + "b"]:
+        fast, fast_map = normalize_module._fold_chars(text)
+        slow, slow_map = normalize_module._fold_special(text)
+        assert fast == slow
+        assert fast_map is not None
+        assert _segments(fast_map) == _segments(slow_map), repr(text)
+
+
+def _segments(offset_map: object) -> tuple[object, ...]:
+    return tuple(getattr(offset_map, name) for name in ("_out", "_src", "_src_len", "_linear"))
