@@ -59,6 +59,7 @@ _JAPANESE = re.compile(r"[\u3000-\u30ff\u4e00-\u9fff\uff00-\uffef]")
 _ENCODED_WORD = re.compile(r"=\?([^?\s]+)\?([bBqQ])\?([^?\s]*)\?=")
 _BETWEEN_ENCODED_WORDS = re.compile(r"(?<=\?=)[ \t]+(?==\?[^?\s]+\?[bBqQ]\?)")
 _FOLD = re.compile(r"\r?\n(?=[ \t])")
+_LONE_CR = re.compile(r"\r(?!\n)")
 _BASE64_NOISE = re.compile(rb"[^A-Za-z0-9+/=\s]")
 _BASE64_KEEP = re.compile(rb"[^A-Za-z0-9+/]")
 _META_CHARSET = re.compile(
@@ -330,8 +331,8 @@ class _Walker:
         text, note = decode_bytes(data, declared)
         if note:
             self.notes.append(f"{origin}: {note}")
-        if "\r" in text:  # a one-character search is cheap; the two-character one is not
-            text = text.replace("\r\n", "\n").replace("\r", "\n")
+        if "\r" in text:
+            text = _unix_line_ends(text)
         if is_html:
             text = html_to_text(text, strip_quotes=not is_attachment, forward=scope.forward)
         elif _param(part, "format") == "flowed":
@@ -364,6 +365,17 @@ class _Walker:
                 data, _ = _payload_bytes(part)
             inner = parse_message(data)
         self.message(inner, prefix=prefix, depth=depth + 1)
+
+
+def _unix_line_ends(text: str) -> str:
+    """`text` with CRLF and lone CR line ends as LF.
+
+    Mail has CRLF ends only, as a rule: deleting every CR is then the same, and a one-character
+    replace is several times faster than the two-character one.
+    """
+    if _LONE_CR.search(text):
+        return text.replace("\r\n", "\n").replace("\r", "\n")
+    return text.replace("\r", "")
 
 
 def _filename(part: Message) -> str | None:

@@ -143,28 +143,36 @@ def _feed_plain(parser: HTMLParser, html: str) -> bool:
     parser on a fresh handler.
     """
     handle_data = parser.handle_data
+    find = html.find
+    match_markup = _PLAIN_MARKUP.match
+    # Mail repeats the same attributes on tag after tag (style="font-family:...").
+    parsed: dict[str, list[tuple[str, str | None]]] = {}
     position = 0
     end = len(html)
     try:
         while position < end:
-            opening = html.find("<", position)
+            opening = find("<", position)
             if opening < 0:
                 opening = end
             if opening > position:
                 handle_data(unescape(html[position:opening]))
                 if opening == end:
                     break
-            match = _PLAIN_MARKUP.match(html, opening)
+            match = match_markup(html, opening)
             if match is None:
                 return False
             position = match.end()
-            tag = match.group("start")
+            tag, attributes, close, end_tag = match.group("start", "attrs", "close", "end")
             if tag is not None:
                 tag = tag.lower()
                 if tag in _PLAIN_REFUSED:
                     return False
-                attrs = _plain_attributes(match.group("attrs"))
-                if match.group("close"):
+                attrs = []
+                if attributes:
+                    if attributes not in parsed:
+                        parsed[attributes] = _plain_attributes(attributes)
+                    attrs = list(parsed[attributes])  # a list of its own, as the stdlib gives
+                if close:
                     parser.handle_startendtag(tag, attrs)
                     continue
                 parser.handle_starttag(tag, attrs)
@@ -172,8 +180,8 @@ def _feed_plain(parser: HTMLParser, html: str) -> bool:
                     position = _feed_raw_text(parser, html, position, tag)
                     if position < 0:
                         return False
-            elif match.group("end") is not None:
-                parser.handle_endtag(match.group("end").lower())
+            elif end_tag is not None:
+                parser.handle_endtag(end_tag.lower())
             # Comments, doctype and processing instructions: the renderer ignores them.
         parser.close()
     except Exception:  # a handler failed: the stdlib path gives the same outcome its own way
@@ -184,8 +192,6 @@ def _feed_plain(parser: HTMLParser, html: str) -> bool:
 def _plain_attributes(text: str) -> list[tuple[str, str | None]]:
     """Attributes as the stdlib parser reports them: lowercase names, values unescaped."""
     attrs: list[tuple[str, str | None]] = []
-    if not text:
-        return attrs
     for match in _PLAIN_ATTRIBUTE.finditer(text):
         value: str | None = match.group(2)
         if value is not None:
@@ -286,10 +292,11 @@ class _Renderer(HTMLParser):
 
     def _emit(self, chunk: str) -> None:
         if self._skip_depth is None and chunk:
+            out = self._captures[-1].chunks if self._captures else self._main
             if self._pending_breaks:
-                self._out().append("\n" * self._pending_breaks)
+                out.append("\n" * self._pending_breaks)
                 self._pending_breaks = 0
-            self._out().append(chunk)
+            out.append(chunk)
 
     def _break(self, newlines: int) -> None:
         """Ask for a line (1) or paragraph (2) break; adjacent blocks share one break."""
@@ -320,12 +327,13 @@ class _Renderer(HTMLParser):
     def _is_quote_container(self, tag: str, attrs: dict[str, str]) -> bool:
         if tag == "blockquote":
             return True
-        classes = set(attrs.get("class", "").lower().split())
+        if "class" not in attrs:
+            return False
+        classes = set(attrs["class"].lower().split())
         return any(cls.removeprefix("x_") in _QUOTE_CLASSES for cls in classes)
 
     def _is_reply_marker(self, attrs: dict[str, str]) -> bool:
-        element_id = attrs.get("id", "").lower()
-        return any(element_id.endswith(marker) for marker in _REPLY_MARKER_IDS)
+        return "id" in attrs and attrs["id"].lower().endswith(_REPLY_MARKER_IDS)
 
     def _end_capture(self) -> None:
         capture = self._captures.pop()
@@ -336,7 +344,8 @@ class _Renderer(HTMLParser):
     # Parser callbacks ---------------------------------------------------------------------
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        self._start(tag, {name: value or "" for name, value in attrs}, void=tag in _VOID_TAGS)
+        named = {name: value or "" for name, value in attrs} if attrs else {}
+        self._start(tag, named, void=tag in _VOID_TAGS)
 
     def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         self._start(tag, {name: value or "" for name, value in attrs}, void=True)
