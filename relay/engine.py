@@ -22,6 +22,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -218,11 +219,15 @@ class _Part:
         words = [m.start() for begin, end in self.ranges for m in finditer(text, begin, end)]
         sentences = self.sentence_starts()
         paragraphs = self.paragraph_starts() if self.ruleset.uses_paragraphs else []
+        # map() over bisect keeps the loop in C: thousands of positions in a long part.
         left = bisect.bisect_left
-        return {
-            pos: (left(words, pos), left(sentences, pos), left(paragraphs, pos))
-            for pos in positions
-        }
+        numbers = zip(
+            map(partial(left, words), positions),
+            map(partial(left, sentences), positions),
+            map(partial(left, paragraphs), positions),
+            strict=True,
+        )
+        return dict(zip(positions, numbers, strict=True))
 
     def term_occs(self, term_id: int) -> list[_Occ]:
         found = self._term_occs.get(term_id)
