@@ -20,7 +20,7 @@ import socket
 import ssl
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, AnyStr
@@ -165,22 +165,11 @@ class RelaySMTP(FastDataMixin, SMTP):
         self.normalize_line_endings = relay.config.listen.bare_line_endings == "normalize"
         self.max_header_size = relay.config.limits.max_header_size
         self.data_timeout = relay.config.limits.command_timeout
-        self._smtp_methods = {
-            name: self._refusing_control_characters(method)
-            for name, method in self._smtp_methods.items()
-        }
 
-    def _refusing_control_characters(self, method: Any) -> Any:
-        """Wrap a command: an argument with a NUL, CR or other control character gets 501."""
-
-        @functools.wraps(method)
-        async def guarded(arg: str | None) -> None:
-            if arg is not None and CONTROL_CHARACTER.search(arg):
-                await self.push(CONTROL_IN_COMMAND)
-                return
-            await method(arg)
-
-        return guarded
+    def __dir__(self) -> Iterable[str]:
+        # aiosmtpd finds the commands and AUTH mechanisms with dir() and inspect.getmembers()
+        # on every new connection; evaluating every attribute cost about 0.1 ms each time.
+        return _COMMAND_NAMES
 
     def _create_session(self) -> RelaySession:
         return RelaySession(self.loop)
@@ -300,6 +289,25 @@ class RelaySMTP(FastDataMixin, SMTP):
         if self.transport is not None:
             self._writer.write(SHUTDOWN_REPLY.encode() + b"\r\n")
             self.transport.close()
+
+
+def _refusing_control_characters(method: Any) -> Any:
+    """Wrap a command: an argument with a NUL, CR or other control character gets 501."""
+
+    @functools.wraps(method)  # keeps aiosmtpd's syntax notes, which HELP shows
+    async def guarded(self: RelaySMTP, arg: str | None) -> None:
+        if arg is not None and CONTROL_CHARACTER.search(arg):
+            await self.push(CONTROL_IN_COMMAND)
+            return
+        await method(self, arg)
+
+    return guarded
+
+
+# Every command, wrapped once for the class instead of once per connection.
+for _name in [name for name in dir(RelaySMTP) if name.startswith("smtp_")]:
+    setattr(RelaySMTP, _name, _refusing_control_characters(getattr(RelaySMTP, _name)))
+_COMMAND_NAMES = tuple(name for name in dir(RelaySMTP) if name.startswith(("smtp_", "auth_")))
 
 
 class RelayServer:
