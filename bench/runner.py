@@ -175,11 +175,14 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     messages = mix(args.messages)
     payloads = encode(messages)
     warmup = encode(mix(40, seed=99))
+    factories = dict(TARGETS)
+    if args.relay_workers is not None:
+        factories["relay"] = lambda port: RelayTarget(port, workers=args.relay_workers)
     rows = {key: Row(key) for key, _ in TARGETS}
     with SinkProcess() as sink, tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         targets: dict[str, Target] = {}
         try:
-            for key, factory in TARGETS:
+            for key, factory in factories.items():
                 target = factory(sink.port)
                 rows[key].name = target.name
                 try:
@@ -359,6 +362,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--source-messages", type=int, default=0)
     parser.add_argument("--latency-seconds", type=float, default=0)
     parser.add_argument("--memory-sessions", type=int, default=0)
+    parser.add_argument(
+        "--relay-workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="run outbox-relay with listen.workers: N (default: the config default)",
+    )
     parser.add_argument("--json", type=Path, default=REPO / "bench" / "results" / "latest.json")
     args = parser.parse_args(argv)
     # Sized so that `make bench` stays under 10 minutes on a shared 2-core machine.

@@ -433,7 +433,7 @@ class ListenConfig:
     )
     require_tls: bool = setting(False, boolean, "clients must STARTTLS before MAIL (else 530)")
     workers: int = setting(
-        1,
+        0,
         integer(0, 64),
         "relay processes sharing the port (SO_REUSEPORT); 0: one per CPU (needs a restart)",
     )

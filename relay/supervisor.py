@@ -47,6 +47,7 @@ from relay.server import WORKER_ENV, WorkerRole, _monotonic_usec, sd_notify
 
 # Longest audit line read from a worker (a message with very many hits stays well below).
 LINE_LIMIT = 64 * 1024 * 1024
+FUNNEL_CHUNK = 256 * 1024
 # How long a worker may take to load its rules and listen, or to reload.
 READY_TIMEOUT = 120.0
 # Beyond `limits.shutdown_timeout`: time for a worker to close its sessions and exit.
@@ -156,9 +157,9 @@ class Supervisor:
             return 0
         self.started = True
         listen = self.config.listen
-        sd_notify("READY=1", f"STATUS=listening on {listen.host}:{self.port}, {self.count} workers")
+        sd_notify("READY=1", f"STATUS=listening on {listen.host}:{self.port}")
         print(
-            f"outbox-relay: listening on {listen.host}:{self.port} ({self.count} workers)",
+            f"outbox-relay: {self.count} workers listening on {listen.host}:{self.port}",
             file=sys.stderr,
             flush=True,
         )
@@ -183,7 +184,6 @@ class Supervisor:
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             env=env,
-            limit=LINE_LIMIT,
         )
         worker.process = process
         worker.ready = asyncio.get_running_loop().create_future()
@@ -203,16 +203,25 @@ class Supervisor:
     # --- the audit funnel ---
 
     async def _funnel(self, stream: asyncio.StreamReader) -> None:
-        """Copy a worker's audit lines, whole, into the one audit log."""
-        while True:
-            try:
-                line = await stream.readline()
-            except ValueError:  # longer than LINE_LIMIT: dropped, and said so
+        """Copy a worker's audit lines into the one audit log, whole lines only.
+
+        Lines are passed on in blocks as they arrive; a newline never occurs inside a UTF-8
+        sequence, so cutting after one keeps every character whole.
+        """
+        pending = b""
+        while chunk := await stream.read(FUNNEL_CHUNK):
+            pending += chunk
+            end = pending.rfind(b"\n")
+            if end >= 0:
+                self.audit.write_line(pending[:end].decode("utf-8", "replace"))
+                pending = pending[end + 1 :]
+            elif len(pending) > LINE_LIMIT:
+                pending = b""
                 self.audit.emit(events.EVENT_ERROR, stage="worker", error="audit line too long")
-                continue
-            if not line:
-                return
-            self.audit.write_line(line.decode("utf-8", "replace").rstrip("\r\n"))
+        if pending:  # the worker died in the middle of a line
+            self.audit.emit(
+                events.EVENT_ERROR, stage="worker", error="a worker's last audit line was cut off"
+            )
 
     # --- readiness, from the workers' sd_notify ---
 

@@ -77,7 +77,9 @@ async def serve_workers(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
         started.append(process)
         assert process.stderr is not None
         banner = (await asyncio.wait_for(process.stderr.readline(), 60)).decode()
-        match = re.search(r":(\d+) \(2 workers\)$", banner.strip())
+        match = re.search(
+            r"^outbox-relay: 2 workers listening on 127\.0\.0\.1:(\d+)$", banner.strip()
+        )
         assert match, banner
         return Process(process, int(match.group(1))), path, sock
 
