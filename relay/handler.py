@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import email.parser
 import email.policy
+import math
 import secrets
 import time
 from collections.abc import Callable
@@ -117,10 +118,15 @@ def _inspect(scan: ScanFn, data: bytes) -> tuple[tuple[str | None, str | None], 
 class RelayHandler:
     """aiosmtpd handler; `runtime` is replaced as a whole on reload, never mutated."""
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, *, workers: int = 1) -> None:
         # Shared by every transaction, across reloads: how many large messages scan at once.
-        self.scan_gate = ScanGate(runtime.config.limits.max_concurrent_scan_size)
+        # With several relay processes (listen.workers) each gets its share of the budget.
+        self.workers = workers
+        self.scan_gate = ScanGate(self._scan_budget(runtime))
         self.runtime = runtime
+
+    def _scan_budget(self, runtime: Runtime) -> int:
+        return max(1, math.ceil(runtime.config.limits.max_concurrent_scan_size / self.workers))
 
     @property
     def runtime(self) -> Runtime:
@@ -129,7 +135,7 @@ class RelayHandler:
     @runtime.setter
     def runtime(self, runtime: Runtime) -> None:
         self._runtime = runtime
-        self.scan_gate.resize(runtime.config.limits.max_concurrent_scan_size)
+        self.scan_gate.resize(self._scan_budget(runtime))
 
     # --- session events (called by the server's protocol, which aiosmtpd has no hook for) ---
 

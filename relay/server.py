@@ -59,6 +59,8 @@ IDLE_TIMEOUT = "421 4.4.2 Error: timeout exceeded, closing the connection"
 ScannerFactory = Callable[[Config], ScanFn]
 # Set by relay.supervisor for the relay processes it starts: "INDEX/COUNT/PORT".
 WORKER_ENV = "OUTBOX_RELAY_WORKER"
+# A worker's note to its supervisor, next to READY=1 after a reload: 1 reloaded, 0 failed.
+RELOADED = "X_OUTBOX_RELAY_RELOADED"
 
 
 @dataclass(frozen=True)
@@ -450,7 +452,9 @@ class RelayServer:
         except BaseException:
             audit.close()
             raise
-        self._handler = RelayHandler(self._runtime)
+        self._handler = RelayHandler(
+            self._runtime, workers=self.worker.count if self.worker is not None else 1
+        )
         listen = self.config.listen
         try:
             if self.worker is None:
@@ -511,10 +515,15 @@ class RelayServer:
             source = self.config.source
             started = time.monotonic()
             sd_notify("RELOADING=1", _monotonic_usec())
+            reloaded = False
             try:
-                return await self._reload(old, source, started)
+                reloaded = await self._reload(old, source, started)
+                return reloaded
             finally:
-                sd_notify("READY=1")
+                if self.worker is None:
+                    sd_notify("READY=1")
+                else:  # the supervisor logs one config.reload once every worker has
+                    sd_notify("READY=1", f"{RELOADED}={int(reloaded)}")
 
     async def _reload(self, old: Runtime, source: Path | None, started: float) -> bool:
         if source is None:
@@ -553,6 +562,8 @@ class RelayServer:
             await asyncio.to_thread(old.audit.close)
         else:
             runtime.audit.reopen()
+        if self.worker is not None:
+            return True
         runtime.audit.emit(
             events.EVENT_CONFIG_RELOAD,
             file=str(source),

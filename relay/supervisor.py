@@ -17,8 +17,9 @@ The supervisor keeps the outside contracts of a single relay:
   worker is ready, `RELOADING=1` ... `READY=1` around a reload of all of them, and
   `STOPPING=1` on SIGTERM;
 - SIGHUP: the supervisor reads the file first; a broken one is logged once
-  (`config.reload_failed`) and nothing changes; otherwise every worker reloads and logs its
-  own `config.reload` line;
+  (`config.reload_failed`) and nothing changes; otherwise every worker reloads, and one
+  `config.reload` line follows once all have (a worker that fails, say on a broken rule
+  pack, logs `config.reload_failed` with its reason instead);
 - SIGTERM: every worker stops gracefully (`limits.shutdown_timeout`), then the supervisor
   exits 0.
 A worker that dies is logged (`error`, stage `worker`) and started again; one that fails to
@@ -35,6 +36,7 @@ import signal
 import socket
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +45,7 @@ from relay import audit as events
 from relay.audit import AuditLog
 from relay.config import Config, load_config
 from relay.errors import ConfigError, RelayError
-from relay.server import WORKER_ENV, WorkerRole, _monotonic_usec, sd_notify
+from relay.server import RELOADED, WORKER_ENV, WorkerRole, _monotonic_usec, sd_notify
 
 # Longest audit line read from a worker (a message with very many hits stays well below).
 LINE_LIMIT = 64 * 1024 * 1024
@@ -261,8 +263,9 @@ class Supervisor:
             worker = self._by_pid.get(pid) if pid is not None else None
             if worker is None or worker.ready is None or worker.ready.done():
                 continue
-            if "READY=1" in data.decode("utf-8", "replace").split("\n"):
-                worker.ready.set_result(True)
+            states = data.decode("utf-8", "replace").split("\n")
+            if "READY=1" in states:
+                worker.ready.set_result(f"{RELOADED}=0" not in states)
 
     # --- workers that exit ---
 
@@ -337,11 +340,11 @@ class Supervisor:
                 return
             sd_notify("RELOADING=1", _monotonic_usec())
             try:
-                await self._reload()
+                await self._reload(time.monotonic())
             finally:
                 sd_notify("READY=1")
 
-    async def _reload(self) -> None:
+    async def _reload(self, started: float) -> None:
         try:
             config = await asyncio.to_thread(load_config, self.source)
             new_audit = None
@@ -363,6 +366,11 @@ class Supervisor:
         else:
             self.audit.reopen()
         # The listener (and the number of workers) stays as started: a restart changes it.
+        restart_needed = [
+            f"listen.{key}"
+            for key in ("host", "port", "hostname", "workers")
+            if getattr(config.listen, key) != getattr(self.config.listen, key)
+        ]
         self.config = config
         waiting = []
         for worker, process in self._live():
@@ -372,7 +380,14 @@ class Supervisor:
             with contextlib.suppress(ProcessLookupError):
                 process.send_signal(signal.SIGHUP)
             waiting.append(self._wait_ready(worker))
-        await asyncio.gather(*waiting)
+        # A worker that failed logged config.reload_failed itself, with its reason.
+        if all(await asyncio.gather(*waiting)):
+            self.audit.emit(
+                events.EVENT_CONFIG_RELOAD,
+                file=str(self.source),
+                restart_needed=restart_needed,
+                duration_ms=round((time.monotonic() - started) * 1000),
+            )
 
 
 def serve(config: Config) -> int:

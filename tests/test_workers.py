@@ -21,7 +21,9 @@ from typing import Any
 import pytest
 
 from relay.config import ConfigError, load_config
-from relay.server import WorkerRole
+from relay.handler import RelaySession
+from relay.server import RelayServer, WorkerRole, clean_scanner
+from relay.supervisor import reserve_port
 from tests.support import MESSAGE, Sink, make_message, send, spawn_serve
 from tests.test_lifecycle_process import Process
 from tests.test_server import notify_socket, received
@@ -141,15 +143,26 @@ async def notes_until(sock: Any, last: str, seconds: float = 30) -> list[str]:
 
 
 async def test_sighup_reloads_every_worker_and_a_broken_file_none(
-    serve_workers: Callable[..., Any], sink: Sink
+    serve_workers: Callable[..., Any], tmp_path: Path
 ) -> None:
-    relay, path, sock = await serve_workers(sink.upstream())
+    relay, path, sock = await serve_workers({"maildir": str(tmp_path / "first")})
     received(sock)  # READY=1 of the start
+    config = json.loads(path.read_text())
+    config["upstream"]["maildir"] = str(tmp_path / "second")
+    path.write_text(json.dumps(config))
     relay.process.send_signal(signal.SIGHUP)
-    reloads = await audit_lines(relay, 2, "config.reload")
-    assert all(line["restart_needed"] == [] for line in reloads)
+    [reload] = await audit_lines(relay, 1, "config.reload")
+    assert reload["restart_needed"] == []
     notes = await notes_until(sock, "READY=1")
     assert len(notes) == 2 and re.fullmatch(r"RELOADING=1\nMONOTONIC_USEC=\d+", notes[0])
+    # One line for the whole relay, once every worker runs the new config.
+    replies = await asyncio.gather(*(send(relay.port) for _ in range(12)))
+    assert [reply.code for reply in replies] == [250] * 12
+    await audit_lines(relay, 12)
+    assert len(list((tmp_path / "second" / "new").iterdir())) == 12
+    assert not (tmp_path / "first" / "new").exists() or not any(
+        (tmp_path / "first" / "new").iterdir()
+    )
 
     path.write_text("listen: [this is not a mapping\n")
     relay.process.send_signal(signal.SIGHUP)
@@ -159,11 +172,11 @@ async def test_sighup_reloads_every_worker_and_a_broken_file_none(
     assert (await send(relay.port)).code == 250
     [line] = await audit_lines(relay, 1)
     assert line["reply"].startswith("250 ")
-    # Only the supervisor read the broken file: no worker logged a failure of its own.
     relay.process.send_signal(signal.SIGTERM)
     assert await asyncio.wait_for(relay.process.wait(), 30) == 0
-    rest = await relay.process.stdout.read()
-    assert b"config.reload_failed" not in rest
+    # Only the supervisor read the broken file, and no worker logged a reload of its own.
+    rest = await relay.process.stdout.read()  # type: ignore[union-attr]
+    assert b"config.reload" not in rest
 
 
 async def test_sigterm_lets_transactions_in_flight_finish_in_every_worker(
@@ -230,3 +243,44 @@ def test_listen_workers_is_checked_and_0_means_one_per_cpu(tmp_path: Path) -> No
     path.write_text(base + "listen: {workers: -1}\n")
     with pytest.raises(ConfigError, match=r"listen\.workers"):
         load_config(path)
+
+
+async def test_a_worker_shares_the_port_and_takes_its_share_of_the_limits(
+    sink: Sink, tmp_path: Path
+) -> None:
+    path = tmp_path / "relay.yaml"
+    path.write_text(
+        json.dumps(
+            {
+                "listen": {"host": "127.0.0.1", "port": 0, "hostname": "relay.test"},
+                "upstream": sink.upstream(),
+                "audit": {"path": str(tmp_path / "audit.log")},
+                "quarantine": {"path": str(tmp_path / "quarantine")},
+                "limits": {"max_connections": 3, "max_concurrent_scan_size": "32MiB"},
+            }
+        )
+    )
+    config = load_config(path)
+    sockets, port = reserve_port("127.0.0.1", 0)
+    servers = [
+        RelayServer(config, make_scanner=clean_scanner, worker=WorkerRole(i, 2, port))
+        for i in (1, 2)
+    ]
+    try:
+        for server in servers:
+            await server.start()
+            assert server.port == port
+            assert server.handler.scan_gate.budget == 16 * 1024 * 1024
+        assert (await send(port)).code == 250
+        assert len(sink.messages) == 1
+        session = RelaySession(asyncio.get_running_loop())
+        session.peer = ("127.0.0.1", 1)
+        first = servers[0]
+        first.sessions.update({object(), object()})  # type: ignore[arg-type]
+        assert first.admission(session) is not None  # its share of 3 is 2
+    finally:
+        for server in servers:
+            server.sessions.clear()
+            await server.stop(grace=1)
+        for sock in sockets:
+            sock.close()
