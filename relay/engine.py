@@ -1101,15 +1101,35 @@ def _trie_regex(words: Iterable[str]) -> str:
 class _Census:
     """How often each pattern occurs in a part, and by which words, before any placing."""
 
-    def __init__(self, part: _Part) -> None:
+    # Finding a word's places with a regex of its own (a literal search in C, about 1/70 of
+    # a pass placing every word of the part) pays while few words need places; past this
+    # many (a prefix can match thousands of made-up words), one such pass is cheaper, and it
+    # keeps the cost bounded for any input.
+    WORD_SEARCHES = 96
+
+    def __init__(self, part: _Part, scanner: _Scanner | None = None) -> None:
         self.part = part
+        self.scanner = scanner
         self.counts: dict[int, int] = {}
         self.words: dict[int, list[tuple[_WordTable, str, str]]] = {}
+        self._searches = 0
+        self._placed: dict[int, list[tuple[int, int]]] | None = None
 
     def positions(self, pid: int) -> list[int]:
         """Where the pattern's candidates start (CJK ones are placed already)."""
         found = [start for start, _ in self.part.atoms.get(pid, ())]
-        for table, text, word in self.words.get(pid, ()):
+        words = self.words.get(pid, ())
+        if not words:
+            return found
+        if self._placed is None and self._searches + len(words) > self.WORD_SEARCHES:
+            assert self.scanner is not None
+            self._placed = {}
+            whole = ((0, len(self.part.norm.text)),)
+            self.scanner.scan_latin(self.part.norm, self._placed, whole)
+        if self._placed is not None:
+            return found + [start for start, _ in self._placed.get(pid, ())]
+        self._searches += len(words)
+        for table, text, word in words:
             found += table.starts(text, word)
         return found
 
@@ -1148,7 +1168,7 @@ class _Scanner:
     def census(self, part: _Part) -> _Census:
         """Which patterns occur in the part and how often; CJK candidates get their places."""
         norm = part.norm
-        census = _Census(part)
+        census = _Census(part, self)
         self.plain.census(norm.bare, census)
         if norm.bare is not norm.text:
             # Only text with diacritics can hold a word written with them.
@@ -1163,10 +1183,18 @@ class _Scanner:
 
     def scan_words(self, part: _Part, ranges: Sequence[tuple[int, int]]) -> None:
         """Candidate words with their places, in `ranges` of the text."""
-        norm = part.norm
-        self.plain.scan(norm.bare, part.atoms, ranges)
+        self.scan_latin(part.norm, part.atoms, ranges)
+
+    def scan_latin(
+        self,
+        norm: Normalized,
+        atoms: dict[int, list[tuple[int, int]]],
+        ranges: Sequence[tuple[int, int]],
+    ) -> None:
+        """Candidates of the word tables (not CJK) in `ranges`, into `atoms`."""
+        self.plain.scan(norm.bare, atoms, ranges)
         if norm.bare is not norm.text:
-            self.accented.scan(norm.text, part.atoms, ranges)
+            self.accented.scan(norm.text, atoms, ranges)
 
     def _cjk(self, text: str, atoms: dict[int, list[tuple[int, int]]], pos: int, end: int) -> None:
         assert self.cjk_re is not None

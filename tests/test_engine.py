@@ -825,3 +825,17 @@ def test_sentence_starts_agree_on_every_corpus_body() -> None:
             norm = normalize(text).text
             expected = [m.start() for m in SENTENCE_BREAK_RE.finditer(norm)]
             assert _sentence_starts(norm) == expected, item.id
+
+
+def test_made_up_words_of_a_prefix_are_placed_in_one_pass(tmp_path: Path) -> None:
+    """Thousands of distinct words of one prefix cannot cost a regex each."""
+    from itertools import product
+
+    from relay.engine import _Census
+
+    ruleset = rule_pack(tmp_path, 'all: ["review*", "positive"]')
+    words = ["review" + "".join(letters) for letters in product("abcdefgh", repeat=4)]
+    text = " ".join(f"{word} positive." for word in words[:3000])
+    assert matches(ruleset, text)
+    assert ruleset.scanner is not None
+    assert len(ruleset.scanner.plain.word_regexes) <= _Census.WORD_SEARCHES
