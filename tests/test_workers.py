@@ -184,9 +184,18 @@ async def test_sigterm_lets_transactions_in_flight_finish_in_every_worker(
 ) -> None:
     relay, _, sock = await serve_workers(sink.upstream())
     workers = children(relay.process.pid)
-    sink.handler.data_delay = 1.0
+    sink.handler.data_delay = 2.0
+    arrived = []
+    handle_data = sink.handler.handle_DATA
+
+    async def counting(*args: Any) -> str:
+        arrived.append(1)
+        return await handle_data(*args)
+
+    sink.handler.handle_DATA = counting  # type: ignore[method-assign]
     sending = [asyncio.ensure_future(send(relay.port)) for _ in range(6)]
-    await asyncio.wait_for(sink.handler.data_started.wait(), 20)
+    # Every message is in flight (the upstream has it) before the relay is told to stop.
+    await until(lambda: len(arrived) == 6, 30)
     relay.process.send_signal(signal.SIGTERM)
     replies = await asyncio.wait_for(asyncio.gather(*sending), 30)
     assert [reply.code for reply in replies] == [250] * 6
