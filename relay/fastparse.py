@@ -12,8 +12,9 @@ message, string for string.
 A run must start with a line that is neither blank nor looks like a header: the parser treats
 that line (and the placeholder) alike in every state, as the first body line or as a body line,
 and everything after it up to the next line starting with `-` is body text it only collects.
-Lines holding a lone CR (a line break to the parser, not to us) end a run; messages naming a
-`...-status` type are parsed whole, since blank lines split delivery-status parts.
+A lone CR ends a line for the parser (not for the run finder, which splits at LF): a dash after
+one ends a run too. Messages naming a `...-status` type are parsed whole, since blank lines
+split delivery-status parts.
 """
 
 from __future__ import annotations
@@ -27,12 +28,10 @@ __all__ = ["parse_message"]
 
 # Shorter runs save less than the scan costs.
 _MIN_RUN = 2048
-# Line starts (after a newline) that end a run: a possible boundary.
-_DASH_LINE = re.compile(rb"\n-")
-# A CR not followed by LF: the stdlib ends a line there, so such a line may hide a boundary.
-_LONE_CR = re.compile(rb"\r(?!\n)")
-# message/delivery-status: blank lines separate its parts, so they cannot be set aside.
-_STATUS_TYPE = re.compile(rb"-(?i:status)")
+# One scan, for dashes: `-status` names a type like message/delivery-status, whose parts blank
+# lines separate, so no run is set aside; a dash that starts a line (after LF, or after a lone
+# CR, where the stdlib parser also ends a line) may start a boundary, so it ends a run.
+_DASH = re.compile(rb"-(?:(?i:status)|(?<=[\r\n]-))")
 # The start of a line that can open a run: not blank, and not what the stdlib parser takes for
 # a header line or continuation (email.feedparser.headerRE) where it expects headers.
 _RUN_START = re.compile(rb"\n(?![\r\n]|From |[\x21-\x39\x3b-\x7e]*:|[\t ])")
@@ -41,7 +40,7 @@ _PLACEHOLDER = "HollowedLines"
 
 def parse_message(raw: bytes) -> Message:
     """Return the Message `email.message_from_bytes(raw, policy=compat32)` returns, faster."""
-    runs = _runs(raw) if len(raw) >= _MIN_RUN and not _STATUS_TYPE.search(raw) else []
+    runs = _runs(raw) if len(raw) >= _MIN_RUN else []
     if not runs:
         return parse_bytes(raw)
     marker = _PLACEHOLDER
@@ -64,21 +63,19 @@ def parse_message(raw: bytes) -> Message:
 def _runs(raw: bytes) -> list[tuple[int, int]]:
     """The (start, end) spans of whole lines that can be set aside, in order, each long enough.
 
-    A span runs from a line that can open a run to the next line that starts with `-` or holds
-    a lone CR (or to the last complete line).
+    A span runs from a line that can open a run to the line before the next one in which a
+    line of the stdlib parser starts with a dash (or to the last complete line). None at all
+    when the message names a `...-status` type.
     """
     # Past this many breaks the runs are short on average: not worth a Python step per break.
     most = len(raw) // _MIN_RUN * 8
     bad_lines: list[int] = []
-    for match in _DASH_LINE.finditer(raw):
-        bad_lines.append(match.start() + 1)
-        if len(bad_lines) > most:
+    for match in _DASH.finditer(raw):
+        if match.end() - match.start() > 1:
             return []
-    for match in _LONE_CR.finditer(raw):
         bad_lines.append(raw.rfind(b"\n", 0, match.start()) + 1)
         if len(bad_lines) > most:
             return []
-    bad_lines.sort()
     last_line_end = raw.rfind(b"\n") + 1
     runs: list[tuple[int, int]] = []
     gap_start = 0
