@@ -75,12 +75,14 @@ _SOFT_BREAK_BETWEEN_CJK = re.compile(f"([{_CJK}]){_SOFT_BREAK}+(?=[{_CJK}])")
 # A run of spaces that holds a line break becomes a soft break (`_soft_breaks`), any other run
 # one space.
 _SPACE = " \t\r\f"
-_SPACE_RUN = re.compile(r"[ \t\r\f]+")
+# A pattern that opens with a character class (not with a repeat of one) lets the regex engine
+# skip ahead to the next candidate character instead of trying every position.
+_SPACE_RUN = re.compile(r"[ \t\r\f][ \t\r\f]*")
 # A line break with a space (or another break) beside it. Both open with the line break, which
 # lets the regex engine skip ahead to the next one; a two-character `in` test is much slower.
 _SPACE_BESIDE_BREAK = re.compile(r"\n(?:(?<=[ \t\r\f]\n)|[ \t\r\f\n])")
 _SPACE_BESIDE_NEWLINE = re.compile(r"\n(?:(?<=[ \t]\n)|[ \t])")
-_MULTI_SPACE = re.compile(r"[ \t]{2,}")
+_MULTI_SPACE = re.compile(r"[ \t][ \t]+")
 _MANY_NEWLINES = re.compile(r"\n\n\n+")  # not \n{3,}: a literal start lets the search skip ahead
 # The plain subset of markup that `_feed_plain` reads itself (see there); ASCII whitespace only.
 _PLAIN_ATTRIBUTE = re.compile(
@@ -300,8 +302,8 @@ class _Renderer(HTMLParser):
 
     def _break(self, newlines: int) -> None:
         """Ask for a line (1) or paragraph (2) break; adjacent blocks share one break."""
-        if self._skip_depth is None:
-            self._pending_breaks = max(self._pending_breaks, newlines)
+        if self._skip_depth is None and newlines > self._pending_breaks:
+            self._pending_breaks = newlines
 
     def _line_break(self) -> None:
         """A `<br>`: unlike block edges, two of them in a row make a blank line."""

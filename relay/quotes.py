@@ -91,8 +91,10 @@ def is_forward_subject(subject: str) -> bool:
 
 def strip_quotes(text: str, *, forward: bool = False) -> str:
     """Return `text` without quoted reply lines, attribution lines and the quoted original."""
-    lines = text.split("\n")
     candidates = _candidate_lines(text)
+    if not candidates:
+        return _without_blank_tail(text)
+    lines = text.split("\n")
     kept: list[str] = []
     in_forward = forward
     index = 0
@@ -126,6 +128,18 @@ def strip_quotes(text: str, *, forward: bool = False) -> str:
     while kept and not kept[-1].strip(" \t_-=*"):
         kept.pop()  # the rule above an Outlook header block, trailing blank lines
     return "\n".join(kept)
+
+
+def _without_blank_tail(text: str) -> str:
+    """`text` without its trailing lines of spaces and tabs (what strip_quotes drops at the end).
+
+    Only for text without `_`, `-`, `=` or `*`, the other characters a dropped tail may hold.
+    """
+    content_end = len(text.rstrip(" \t\n"))
+    if not content_end:
+        return ""
+    line_end = text.find("\n", content_end)
+    return text if line_end < 0 else text[:line_end]
 
 
 def _candidate_lines(text: str) -> list[int]:

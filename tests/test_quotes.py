@@ -178,3 +178,17 @@ def test_long_input_is_handled_linearly() -> None:
     # the limits in the implementation bound the work; this proves it still returns the text).
     text = ("From: x\n" + "\n" * 50) * 2000 + "a" * 1_000_000
     assert strip_quotes(text).endswith("a")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("  ", ""),
+        (" \t\n\n", ""),
+        ("abc  \n \n", "abc  "),
+        ("\n\nabc", "\n\nabc"),
+        ("a\n\xa0\n", "a\n\xa0"),
+    ],
+)
+def test_blank_tail_goes_but_line_ends_stay(text: str, expected: str) -> None:
+    assert strip_quotes(text) == expected
