@@ -53,6 +53,9 @@ _DUMMY_HASH = (
 )
 CONTROL_IN_COMMAND = "501 5.5.2 Error: control character in command"
 CONTROL_CHARACTER = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+# `<local@domain>` in its plainest form (dot-atoms only): what nearly every client sends.
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+PLAIN_PATH = re.compile(rf"<((?:{_ATEXT}\.)*{_ATEXT})@((?:[A-Za-z0-9-]+\.)*[A-Za-z0-9-]+)>")
 TOO_MANY_AUTH_FAILURES = "421 4.7.0 Error: too many failed authentications, goodbye"
 IDLE_TIMEOUT = "421 4.4.2 Error: timeout exceeded, closing the connection"
 
@@ -167,6 +170,26 @@ class RelaySMTP(FastDataMixin, SMTP):
         self.normalize_line_endings = relay.config.listen.bare_line_endings == "normalize"
         self.max_header_size = relay.config.limits.max_header_size
         self.data_timeout = relay.config.limits.command_timeout
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        """aiosmtpd's MAIL/RCPT address parser, with a fast path for plain `<local@domain>`.
+
+        aiosmtpd builds a class and runs the email package's header parser for every address
+        (about 45 us, twice per message). For a plain path the result is the same as its:
+        the address, and the rest after the `>` and the spaces (and comments) that follow it;
+        anything else (null sender, quoting, comments, routes) takes aiosmtpd's own path.
+        """
+        match = PLAIN_PATH.match(arg)
+        if match is None:
+            return super()._getaddr(arg)
+        if self.local_part_limit and len(match.group(1)) > self.local_part_limit:
+            return None, None
+        rest = arg[match.end() :]
+        if rest[:1] in (" ", "\t"):
+            rest = rest.lstrip()
+        if rest[:1] == "(":  # a comment: the email package's rules decide
+            return super()._getaddr(arg)
+        return f"{match.group(1)}@{match.group(2)}", rest
 
     def __dir__(self) -> Iterable[str]:
         # aiosmtpd finds the commands and AUTH mechanisms with dir() and inspect.getmembers()
