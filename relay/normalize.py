@@ -218,6 +218,17 @@ def may_have_star_word(text: str) -> bool:
     return "toile" in text or _ST_WORD_RE.search(text) is not None
 
 
+_OUT_OF_RE = re.compile("/[ \t]?(?:5|10)")
+
+
+def _may_have_symbol_rating(text: str) -> bool:
+    """False when _SYMBOL_RATING_RE surely finds nothing: no `*`, star symbol, `/5` or `/10`.
+
+    A link's slashes alone (`https://shop.example/help`) no longer cost a scan of every digit.
+    """
+    return "*" in text or any(star in text for star in _STARS) or bool(_OUT_OF_RE.search(text))
+
+
 def _may_have_rating(text: str) -> bool:
     """False when `text` surely holds no rating to rewrite: no star symbol, `*`, `/` or word.
 
@@ -551,7 +562,7 @@ def _rewrite_ratings(text: str) -> tuple[str, OffsetMap | None, list[tuple[int, 
     if not _may_have_rating(text):
         return text, None, symbols
     found: list[tuple[int, int, str]] = []
-    for match in _SYMBOL_RATING_RE.finditer(text):
+    for match in _SYMBOL_RATING_RE.finditer(text) if _may_have_symbol_rating(text) else ():
         replacement = _symbol_rating(match.group())
         if replacement is not None and not _is_date(text, match.start(), match.end()):
             found.append((match.start(), match.end(), replacement))

@@ -285,6 +285,7 @@ def test_cheap_checks_change_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     texts = [*_generated_texts(), "".join(_FRAGMENTS), "5/5", "give 10/10 now", "4,5 / 5"]
     fast = [_everything(normalize(text)) for text in texts]
     monkeypatch.setattr(normalize_module, "_may_have_rating", lambda text: True)
+    monkeypatch.setattr(normalize_module, "_may_have_symbol_rating", lambda text: True)
     monkeypatch.setattr(normalize_module, "may_have_star_word", lambda text: True)
     monkeypatch.setattr(normalize_module, "_is_collapsed", lambda text: False)
     slow = [_everything(normalize(text)) for text in texts]
