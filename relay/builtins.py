@@ -155,10 +155,18 @@ def find_urls(norm: Normalized) -> list[tuple[int, int]]:
         if "." not in host or is_amazon_domain(host) or is_carrier_domain(host):
             continue
         found.append((start, end))
-    spans = list(found)
+    # A TLD inside a link or spelled domain found above is not looked at again. TLDs come in
+    # order, so one pass over those spans by start tells whether one covers the TLD (looking
+    # through all of them for each TLD made a text of many links quadratic).
+    spans = sorted(found)
+    next_span = 0
+    covered_until = -1  # the farthest end of the spans starting at or before the TLD
     for match in _TLD_RE.finditer(text):
         tld_start, tld_end = match.start(), match.end()
-        if tld_start < taken_until or any(s <= tld_start < e for s, e in spans):
+        while next_span < len(spans) and spans[next_span][0] <= tld_start:
+            covered_until = max(covered_until, spans[next_span][1])
+            next_span += 1
+        if tld_start < taken_until or tld_start < covered_until:
             continue
         start = tld_start
         while start > 0 and text[start - 1] in _DOMAIN_CHARS:

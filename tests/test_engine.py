@@ -655,6 +655,23 @@ def test_work_grows_linearly_with_message_size(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
+    "unit",
+    [
+        "see https://shop.example/x or ",
+        "our-shop dot com and https://www.shop.example/y ",
+        "mail info@shop.example or call +49 30 1234567 ",
+        "give us 5 stars or ★★★★★ or 5/5 ",
+    ],
+)
+def test_builtins_grow_linearly_with_text_size(unit: str) -> None:
+    small, large = normalize(unit * 200), normalize(unit * 800)
+    for name in builtins.NAMES:
+        small_calls = count_calls(lambda: builtins.find(name, small))  # noqa: B023
+        large_calls = count_calls(lambda: builtins.find(name, large))  # noqa: B023
+        assert large_calls <= 5 * small_calls + 500, (name, small_calls, large_calls)
+
+
+@pytest.mark.parametrize(
     "words",
     [["Leave", "us"], ["review"], ["レビュー", "お願い"], ["Five", "star"], ["fünf"], ["五つ星"]],
 )
