@@ -35,7 +35,7 @@ _DASH = re.compile(rb"-(?:(?i:status)|(?<=[\r\n]-))")
 # The start of a line that can open a run: not blank, and not what the stdlib parser takes for
 # a header line or continuation (email.feedparser.headerRE) where it expects headers.
 _RUN_START = re.compile(rb"\n(?![\r\n]|From |[\x21-\x39\x3b-\x7e]*:|[\t ])")
-_PLACEHOLDER = "HollowedLines"
+_PLACEHOLDERS = ("HollowedLines", "SetAsideLines", "PlaceholderLines")
 
 
 def parse_message(raw: bytes) -> Message:
@@ -43,9 +43,11 @@ def parse_message(raw: bytes) -> Message:
     runs = _runs(raw) if len(raw) >= _MIN_RUN else []
     if not runs:
         return parse_bytes(raw)
-    marker = _PLACEHOLDER
-    while marker.encode() in raw:  # a message may contain the placeholder: make it unique
-        marker += "X"
+    # The placeholder must not occur in the message; a bounded number of tries, so that a
+    # message cannot make this search quadratic.
+    marker = next((name for name in _PLACEHOLDERS if name.encode() not in raw), None)
+    if marker is None:
+        return parse_bytes(raw)
     pieces: list[bytes] = []
     originals: list[str] = []
     done = 0

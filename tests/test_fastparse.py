@@ -52,6 +52,7 @@ def _multipart(*bodies: bytes, boundary: bytes = b"b1") -> bytes:
         _multipart(FILLER + b"a lone CR ends a line\r--b1\r\n" + FILLER),
         _multipart(FILLER + b"\r\n\r\n" + FILLER),  # blank lines inside a body
         _multipart(b"HollowedLines0\r\n" + FILLER),  # the placeholder itself in the message
+        _multipart(b"HollowedLines0 SetAsideLines1 PlaceholderLines2\r\n" + FILLER),
         _multipart(FILLER.replace(b"\r\n", b"\n")),
         _multipart(FILLER.replace(b"\r\n", b"\r")),
         b"Subject: no blank line before the body\r\n" + FILLER,
@@ -98,4 +99,10 @@ def test_attachment_lines_are_set_aside() -> None:
 def test_many_short_runs_are_not_worth_setting_aside() -> None:
     raw = b"Subject: list\r\n\r\n" + b"- item\r\n" * 20_000
     assert fastparse._runs(raw) == []
+    _assert_same_tree(raw)
+
+
+def test_placeholder_names_in_the_message_do_not_cost_a_search_each() -> None:
+    # "HollowedLines" followed by many X once made a search per X (quadratic).
+    raw = _multipart(b"HollowedLines" + b"X" * 200_000 + b"\r\n" + FILLER)
     _assert_same_tree(raw)
