@@ -87,7 +87,9 @@ _MANY_NEWLINES = re.compile(r"\n\n\n+")  # not \n{3,}: a literal start lets the 
 # The plain subset of markup that `_feed_plain` reads itself (see there); ASCII whitespace only.
 _PLAIN_ATTRIBUTE = re.compile(
     r"""[ \t\n\r\f]+([a-zA-Z_:][-a-zA-Z0-9_:.]*)"""
-    r"""(?:[ \t\n\r\f]*=[ \t\n\r\f]*("[^"]*"|'[^']*'|[^ \t\n\r\f"'=<>`]+))?"""
+    # An unquoted value stops at any Unicode space, as the stdlib's does (HTML at ASCII spaces
+    # only): one that holds such a space is not plain.
+    r"""(?:[ \t\n\r\f]*=[ \t\n\r\f]*("[^"]*"|'[^']*'|[^\s"'=<>`]+))?"""
 )
 _PLAIN_MARKUP = re.compile(
     r"<(?:"

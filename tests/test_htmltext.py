@@ -242,6 +242,8 @@ def test_plain_markup_is_read_without_the_stdlib_tokenizer_and_alike(html: str) 
     [
         "<a b='c'd='e'>x</a>",  # attributes not separated by space
         "<a b=c=d>x</a>",
+        "<a href=x\xa0y>x</a>",  # the stdlib ends an unquoted value at any Unicode space
+        "<a href=x\x0by>x</a>",
         "<a\u3000b>x</a>",  # a space only Unicode calls one
         "<br / >",
         "<title>a <b>title</b></title>",  # some Python versions read title bodies as text
@@ -265,6 +267,7 @@ def test_random_plain_markup_gives_the_stdlib_events() -> None:
         "<a href=\"mailto:x@y.com\">", "</a>", "<img alt='A&amp;B' />", "<td nowrap>", "</td>",
         "<!-- c -->", "<style>x{}</style>", "<script>1</script>", "text", " ", "\n", "  \n  ",
         "&amp;", "&nbsp;", "&#12354;", "AT&T", "日本", "\t", "<span\nstyle = \"a:b\">", "</span>",
+        "<a href=x\xa0y>", "<a title='a\xa0b'>", "\xa0", "\u3000",
     ]  # fmt: skip
     plain = 0
     for _ in range(2000):
@@ -273,4 +276,4 @@ def test_random_plain_markup_gives_the_stdlib_events() -> None:
         if _feed_plain(recorder, html):
             plain += 1
             assert recorder.events == _stdlib_events(html), html
-    assert plain > 1900
+    assert plain > 1000
