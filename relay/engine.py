@@ -118,6 +118,9 @@ class _Part:
         self.alive: list[Rule] = []
         self._sentence_starts: list[int] | None = None
         self._paragraph_starts: list[int] | None = None
+        # From the anchor round: rules whose `requires` clauses wait (see _Regions.of).
+        self.deferred: dict[int, tuple[dict[Scope, set[int]], bool]] = {}
+        self.regions: _Regions | None = None
         # Where candidates were looked for (the whole text unless the anchors narrowed it).
         self.ranges: Sequence[tuple[int, int]] = ((0, len(norm.text)),)
 
@@ -471,11 +474,14 @@ class _SentenceFilter:
         # Per kept rule: the sentences it may match in; None when a clause is not sentence-scope.
         self.where: dict[int, set[int] | None] = {}
 
-    def keep(self, rules: list[Rule]) -> list[Rule]:
+    def keep(self, rules: list[Rule], deferred: Mapping[int, object]) -> list[Rule]:
+        """The rules that may hold in some sentence (the first clause alone, for those in
+        `deferred`: their other clauses are looked at elsewhere)."""
         kept = []
         for rule in rules:
             where: set[int] | None = set()
-            for clause in (rule.clause, *rule.requires):
+            clauses = (rule.clause,) if id(rule) in deferred else (rule.clause, *rule.requires)
+            for clause in clauses:
                 found = self._sentences(clause)
                 if found is None:
                     where = None
@@ -584,6 +590,17 @@ def _anchor_of(rule: Rule, term_steps: Mapping[Term, tuple[tuple[int, int], ...]
     return _Anchor(tuple(clauses))
 
 
+@dataclass(slots=True)
+class _Plan:
+    """The outcome of the anchor round for one part (see _Regions.of)."""
+
+    rules: list[Rule]
+    ranges: list[tuple[int, int]] | None  # None: the whole text
+    # Per rule whose `requires` clauses wait until its first clause holds: their units per
+    # scope, and whether one may hold anywhere.
+    deferred: dict[int, tuple[dict[Scope, set[int]], bool]]
+
+
 class _Regions:
     """The stretches of a part's text where the rules that can still match may match.
 
@@ -603,12 +620,15 @@ class _Regions:
         self._units: dict[tuple[Scope, int], set[int]] = {}
         self._rarest_words: dict[int, frozenset[int]] = {}
 
-    def of(
-        self, rules: Sequence[Rule], anchors: Mapping[int, _Anchor]
-    ) -> tuple[list[Rule], list[tuple[int, int]] | None]:
-        """The rules that may still match, and sorted, disjoint `(start, end)` ranges where
-        (None: the whole text is needed)."""
+    def of(self, rules: Sequence[Rule], anchors: Mapping[int, _Anchor]) -> _Plan:
+        """The rules that may still match, where to look for their words, and what can wait.
+
+        A rule with `requires` clauses needs them only where its first clause holds, which is
+        rare: their units are set aside (`_Plan.deferred`), unless the whole text is scanned
+        anyway.
+        """
         wanted: dict[Scope, set[int]] = {}
+        deferred: dict[int, tuple[dict[Scope, set[int]], bool]] = {}
         kept = []
         whole = False
         occs = self.part.builtin_occs
@@ -620,11 +640,10 @@ class _Regions:
             )
 
         for rule in rules:
-            needs_whole = False
-            rule_units: list[tuple[Scope, set[int]]] = []
+            clause_units: list[tuple[Scope, set[int]] | None] = []  # None: anywhere
             for scope, groups in anchors[id(rule)].clauses:
                 if scope is Scope.MESSAGE:
-                    needs_whole = True
+                    clause_units.append(None)
                     continue
                 units: set[int] | None = None
                 for group in sorted(groups, key=size):
@@ -634,27 +653,41 @@ class _Regions:
                         break
                 if units is not None and not units:
                     break  # this clause holds nowhere: neither does the rule
-                if units is None:
-                    needs_whole = True  # a clause without words (not written by packs today)
-                    continue
-                rule_units.append((scope, units))
+                # (a clause without words, not written by packs today, may hold anywhere)
+                clause_units.append((scope, units) if units is not None else None)
             else:
                 kept.append(rule)
-                whole = whole or needs_whole
-                for scope, units in rule_units:
-                    wanted.setdefault(scope, set()).update(units)
+                first, *later = clause_units
+                if first is None:
+                    whole = True
+                else:
+                    wanted.setdefault(first[0], set()).update(first[1])
+                if later:
+                    put_off: dict[Scope, set[int]] = {}
+                    anywhere = False
+                    for entry in later:
+                        if entry is None:
+                            anywhere = True
+                        else:
+                            put_off.setdefault(entry[0], set()).update(entry[1])
+                    deferred[id(rule)] = (put_off, anywhere)
         if whole or not kept:
-            return kept, None
+            return _Plan(kept, None, {})
+        return _Plan(kept, self.ranges(wanted), deferred)
+
+    def ranges(self, *wanted: Mapping[Scope, set[int]]) -> list[tuple[int, int]]:
+        """Sorted, disjoint `(start, end)` ranges covering the units asked for."""
         ranges = []
-        for scope, found in wanted.items():
-            starts = self._starts(scope)
-            for unit in found:
-                # Unit k holds the positions p with starts[k - 1] < p <= starts[k] (the way
-                # bisect numbers them); a break starts with punctuation or a line break, so
-                # no word runs across the end of a range.
-                begin = starts[unit - 1] + 1 if unit else 0
-                end = starts[unit] + 1 if unit < len(starts) else len(self.text)
-                ranges.append((begin, end))
+        for units in wanted:
+            for scope, found in units.items():
+                starts = self._starts(scope)
+                for unit in found:
+                    # Unit k holds the positions p with starts[k - 1] < p <= starts[k] (the
+                    # way bisect numbers them); a break starts with punctuation or a line
+                    # break, so no word runs across the end of a range.
+                    begin = starts[unit - 1] + 1 if unit else 0
+                    end = starts[unit] + 1 if unit < len(starts) else len(self.text)
+                    ranges.append((begin, end))
         ranges.sort()
         merged: list[tuple[int, int]] = []
         for begin, end in ranges:
@@ -662,7 +695,7 @@ class _Regions:
                 merged[-1] = (merged[-1][0], max(merged[-1][1], end))
             else:
                 merged.append((begin, end))
-        return kept, merged
+        return merged
 
     def _rarest(self, group: _Group) -> frozenset[int]:
         """Per term of the group found in the part, its word found least often."""
@@ -835,6 +868,11 @@ class RuleSet:
     phrase_offsets: tuple[tuple[int, ...] | None, ...] = ()
     # Per rule: the rare words (or built-ins) one of which every match holds; see _Anchor.
     anchors: Mapping[int, _Anchor] = field(default_factory=dict)
+    # rule_needs and rule_patterns of each rule's first clause alone.
+    first_needs: Mapping[int, tuple[frozenset[int], tuple[frozenset[int], ...]]] = field(
+        default_factory=dict
+    )
+    first_patterns: Mapping[int, frozenset[int]] = field(default_factory=dict)
 
     def evaluate(self, scan: ScanInput) -> Verdict:
         """Every rule against every part: at most one hit per rule and part (the first)."""
@@ -875,11 +913,12 @@ class RuleSet:
         part = self._prepare(text, rules)
         if part is None:
             return []
-        candidates = self._candidates(part.alive, part.possible())
+        deferred = part.deferred  # these rules' `requires` wait until their first clause holds
+        candidates = self._candidates(part.alive, part.possible(), deferred)
         if not candidates:
             return []
         sentence_filter = _SentenceFilter(part)
-        candidates = sentence_filter.keep(candidates)
+        candidates = sentence_filter.keep(candidates, deferred)
         if not candidates:
             return []
         # Rules whose clauses are all sentence-scope need their candidates placed only in
@@ -889,27 +928,37 @@ class RuleSet:
         sentences: set[int] = set()
         for rule in candidates:
             where = sentence_filter.where[id(rule)]
+            patterns = (self.first_patterns if id(rule) in deferred else self.rule_patterns)[
+                id(rule)
+            ]
             if where is None:
-                needed.update(self.rule_patterns[id(rule)])
+                needed.update(patterns)
             else:
-                partial.update(self.rule_patterns[id(rule)])
+                partial.update(patterns)
                 sentences |= where
         part.place(needed, partial - needed, sentences, sentence_filter.breaks)
-        found = []
+        held = []
         for rule in candidates:
             span = _match_clause(part, rule.clause)
-            if span is None:
-                continue
-            if not all(_match_clause(part, extra) for extra in rule.requires):
-                continue
-            found.append((rule, part.norm.excerpt(*span)))
+            if span is not None:
+                held.append((rule, span))
+        waiting = [rule for rule, _ in held if id(rule) in deferred]
+        later = self._requires_part(part, waiting) if waiting else part
+        found = []
+        for rule, span in held:
+            holder = later if id(rule) in deferred else part
+            if all(_match_clause(holder, extra) for extra in rule.requires):
+                found.append((rule, part.norm.excerpt(*span)))
         return found
 
-    def _candidates(self, rules: Sequence[Rule], possible: set[int]) -> list[Rule]:
-        """The rules all of whose needed items are possible."""
-        needs = self.rule_needs
+    def _candidates(
+        self, rules: Sequence[Rule], possible: set[int], deferred: Mapping[int, object]
+    ) -> list[Rule]:
+        """The rules all of whose needed items are possible (of the first clause only for
+        the rules in `deferred`)."""
         candidates = []
         for rule in rules:
+            needs = self.first_needs if id(rule) in deferred else self.rule_needs
             every, some = needs[id(rule)]
             if every <= possible and all(not group.isdisjoint(possible) for group in some):
                 candidates.append(rule)
@@ -933,18 +982,47 @@ class RuleSet:
         scanner = self.scanner
         census = scanner.census(part) if scanner is not None else _Census(part)
         present = self.index.possible_items(census.counts.keys(), part.builtin_occs)
-        candidates = self._candidates(rules, present)
+        candidates = self._candidates(rules, present, {})
         if not candidates:
             return None
-        candidates, ranges = _Regions(part, census).of(candidates, self.anchors)
-        if not candidates:
+        regions = _Regions(part, census)
+        plan = regions.of(candidates, self.anchors)
+        if not plan.rules:
             return None
-        part.alive = candidates
-        if ranges is not None:
-            part.ranges = ranges
+        part.alive = plan.rules
+        part.deferred = plan.deferred
+        part.regions = regions
+        if plan.ranges is not None:
+            part.ranges = plan.ranges
         if scanner is not None:
             scanner.scan_words(part, part.ranges)
         return part
+
+    def _requires_part(self, part: _Part, rules: Sequence[Rule]) -> _Part:
+        """The part again, scanned where the put-off `requires` clauses of `rules` can hold.
+
+        A fresh _Part: word numbers are counted per scanned range, so the first part's
+        places cannot be reused for ranges it did not scan.
+        """
+        assert part.regions is not None
+        later = _Part(self, part.norm)
+        later.builtin_occs = {
+            name: [_Occ(o.start, o.end) for o in found] for name, found in part.builtin_occs.items()
+        }
+        later.atoms = dict(part.regions.census.cjk_atoms)
+        put_off = [part.deferred[id(rule)] for rule in rules]
+        if any(anywhere for _, anywhere in put_off):
+            later.ranges = ((0, len(part.norm.text)),)
+        else:
+            later.ranges = part.regions.ranges(*(units for units, _ in put_off))
+        if self.scanner is not None:
+            self.scanner.scan_words(later, later.ranges)
+        later.alive = list(rules)
+        needed: set[int] = set()
+        for rule in rules:
+            needed.update(self.rule_patterns[id(rule)])
+        later.place(needed)
+        return later
 
     def check_examples(self, rules: Iterable[Rule] | None = None) -> list[ExampleFailure]:
         """Runs every embedded example; returns those that misbehave."""
@@ -1114,6 +1192,7 @@ class _Census:
         self.words: dict[int, list[tuple[_WordTable, str, str]]] = {}
         self._searches = 0
         self._placed: dict[int, list[tuple[int, int]]] | None = None
+        self.cjk_atoms: dict[int, list[tuple[int, int]]] = {}
 
     def positions(self, pid: int) -> list[int]:
         """Where the pattern's candidates start (CJK ones are placed already)."""
@@ -1179,6 +1258,7 @@ class _Scanner:
             self._cjk(norm.text, part.atoms, first_cjk.start(), len(norm.text))
             for pid, spans in part.atoms.items():
                 census.counts[pid] = census.counts.get(pid, 0) + len(spans)
+            census.cjk_atoms = dict(part.atoms)
         return census
 
     def scan_words(self, part: _Part, ranges: Sequence[tuple[int, int]]) -> None:
@@ -1290,6 +1370,25 @@ def _compile(
     pattern_list = tuple(pattern_objects)
     term_steps = {term: compiled[term_id] for term, term_id in term_ids.items()}
     anchors = {id(rule): _anchor_of(rule, term_steps) for rule in rules}
+
+    def needs(clauses: Sequence[Clause]) -> tuple[frozenset[int], tuple[frozenset[int], ...]]:
+        every = frozenset(plans[id(item)].index for clause in clauses for item in clause.all)
+        some = tuple(
+            frozenset(plans[id(item)].index for item in clause.any)
+            for clause in clauses
+            if clause.any
+        )
+        return every, some
+
+    def patterns_of(clauses: Sequence[Clause]) -> frozenset[int]:
+        return frozenset(
+            pid
+            for clause in clauses
+            for item in (*clause.all, *clause.any, *clause.none)
+            for term in item.terms
+            for pid, _ in compiled[term_ids[term]]
+        )
+
     return RuleSet(
         rules=rules,
         version=version,
@@ -1306,31 +1405,10 @@ def _compile(
         item_plans=plans,
         index=_ItemIndex(plan_by_item.values(), compiled, pattern_list),
         phrase_offsets=tuple(_phrase_offsets(steps, pattern_list) for steps in compiled),
-        rule_needs={
-            id(rule): (
-                frozenset(
-                    plans[id(item)].index
-                    for clause in (rule.clause, *rule.requires)
-                    for item in clause.all
-                ),
-                tuple(
-                    frozenset(plans[id(item)].index for item in clause.any)
-                    for clause in (rule.clause, *rule.requires)
-                    if clause.any
-                ),
-            )
-            for rule in rules
-        },
-        rule_patterns={
-            id(rule): frozenset(
-                pid
-                for clause in (rule.clause, *rule.requires)
-                for item in (*clause.all, *clause.any, *clause.none)
-                for term in item.terms
-                for pid, _ in compiled[term_ids[term]]
-            )
-            for rule in rules
-        },
+        rule_needs={id(rule): needs((rule.clause, *rule.requires)) for rule in rules},
+        rule_patterns={id(rule): patterns_of((rule.clause, *rule.requires)) for rule in rules},
+        first_needs={id(rule): needs((rule.clause,)) for rule in rules},
+        first_patterns={id(rule): patterns_of((rule.clause,)) for rule in rules},
     )
 
 

@@ -773,7 +773,7 @@ def test_word_distances_hold_in_a_narrowed_sentence(tmp_path: Path) -> None:
 
 def test_narrowing_to_units_changes_no_verdict(monkeypatch: pytest.MonkeyPatch) -> None:
     """The bundled packs on mixed texts: with units narrowed, and with every word placed."""
-    from relay.engine import _Regions, load_bundled_rules
+    from relay.engine import _Plan, _Regions, load_bundled_rules
 
     ruleset = load_bundled_rules()
     filler = "Your order left our warehouse today and the invoice is on the order page. "
@@ -790,8 +790,8 @@ def test_narrowing_to_units_changes_no_verdict(monkeypatch: pytest.MonkeyPatch) 
     scans = [ScanInput(subject="", parts=(Part("text", t),)) for t in texts]
     narrowed = [ruleset.evaluate(scan).hits for scan in scans]
 
-    def everything(self: _Regions, rules: Any, anchors: Any) -> Any:
-        return list(rules), None
+    def everything(self: _Regions, rules: Any, anchors: Any) -> _Plan:
+        return _Plan(list(rules), None, {})
 
     monkeypatch.setattr(_Regions, "of", everything)
     assert [ruleset.evaluate(scan).hits for scan in scans] == narrowed
