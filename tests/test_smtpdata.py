@@ -144,3 +144,14 @@ async def test_connection_lost_mid_data_raises() -> None:
     reader.feed_eof()
     with pytest.raises(asyncio.IncompleteReadError):
         await read_data(reader, None, LINE_LIMIT)
+
+
+async def test_lines_ending_in_a_period_do_not_cost_a_step_each() -> None:
+    data = b"A sentence that ends at the end of its line.\r\n" * 500
+    reader = asyncio.StreamReader(limit=CHUNK_LIMIT)
+    reader.feed_data(stuff(data) + b"QUIT\r\n")
+    steps = []
+    result = await read_data(reader, None, LINE_LIMIT, lambda: steps.append(1))
+    assert (result.state, result.content) == (DataState.NOMINAL, data)
+    assert len(steps) == 1
+    assert await reader.readline() == b"QUIT\r\n"
