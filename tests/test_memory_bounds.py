@@ -139,20 +139,18 @@ async def test_relay_scans_at_most_the_configured_bytes_of_large_messages_at_onc
     sink: Sink, write_config: WriteConfig, start_relay: StartRelay
 ) -> None:
     lock = threading.Lock()
+    release = threading.Event()
     large_running = [0]
     most = [0]
-    small_scanned_while_large_waited = []
 
-    def counting_scanner(config: Config) -> ScanFn:
+    def blocking_scanner(config: Config) -> ScanFn:
         def scan(data: bytes) -> Verdict:
             if len(data) < MiB:
-                with lock:
-                    small_scanned_while_large_waited.append(large_running[0] > 0)
                 return CLEAN
             with lock:
                 large_running[0] += 1
                 most[0] = max(most[0], large_running[0])
-            time.sleep(0.2)
+            release.wait(10)
             with lock:
                 large_running[0] -= 1
             return CLEAN
@@ -161,18 +159,26 @@ async def test_relay_scans_at_most_the_configured_bytes_of_large_messages_at_onc
 
     relay = await start_relay(
         write_config(upstream=sink.upstream(), limits={"max_concurrent_scan_size": "3MiB"}),
-        make_scanner=counting_scanner,
+        make_scanner=blocking_scanner,
     )
+    gate = relay.server.handler.scan_gate
     body = ("x" * 70 + "\r\n") * (MiB // 72 + 2000)  # about 1.1 MiB each
     large = [make_message(subject=f"manual {i}", body=body) for i in range(5)]
     sending = [asyncio.create_task(send(relay.port, message)) for message in large]
-    await asyncio.sleep(0.3)
-    small = await send(relay.port, make_message(subject="small"))
+    try:
+        for _ in range(1000):  # until every large message is scanning or waiting its turn
+            if gate.waiting == 3:
+                break
+            await asyncio.sleep(0.01)
+        assert gate.waiting == 3 and large_running[0] == 2  # 2 x 1.1 MiB fit in 3 MiB
+        small = await send(relay.port, make_message(subject="small"))
+        assert small.code == 250 and len(sink.messages) == 1  # it did not wait for them
+    finally:
+        release.set()
     replies = await asyncio.gather(*sending)
-    assert small.code == 250 and [reply.code for reply in replies] == [250] * 5
-    assert most[0] == 2  # two 1.1 MiB messages fit in 3 MiB, a third does not
-    assert small_scanned_while_large_waited == [True]
-    assert len(sink.messages) == 6
+    assert [reply.code for reply in replies] == [250] * 5
+    assert most[0] == 2 and len(sink.messages) == 6
+    assert gate.in_use == 0
 
 
 async def test_message_over_the_size_limit_is_never_buffered_whole() -> None:
