@@ -8,6 +8,7 @@ as its scan, that small mail never waits, and that an oversized message is not b
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 import time
 import tracemalloc
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from relay.config import Config
-from relay.handler import ScanFn
+from relay.handler import RelayHandler, ScanFn
 from relay.limits import LimitExceeded, ScanGate, run_within
 from relay.model import CLEAN, Verdict
 from relay.smtpdata import CHUNK_LIMIT, DataState, read_data
@@ -216,3 +217,20 @@ def test_the_scan_budget_accepts_sizes(tmp_path: Path) -> None:
     )
     assert load_config(path).limits.max_concurrent_scan_size == 64 * MiB
     assert Config().limits.max_concurrent_scan_size == 32 * MiB
+
+
+async def test_relay_processes_split_the_scan_budget_also_after_a_reload(
+    sink: Sink, write_config: WriteConfig, start_relay: StartRelay
+) -> None:
+    relay = await start_relay(
+        write_config(upstream=sink.upstream(), limits={"max_concurrent_scan_size": "9MiB"})
+    )
+    assert relay.server.handler.scan_gate.budget == 9 * MiB
+    runtime = relay.server.runtime
+    handler = RelayHandler(runtime, workers=2)  # as in each of 2 listen.workers
+    assert handler.scan_gate.budget == 9 * MiB // 2
+    limits = dataclasses.replace(runtime.config.limits, max_concurrent_scan_size=4 * MiB + 1)
+    handler.runtime = dataclasses.replace(
+        runtime, config=dataclasses.replace(runtime.config, limits=limits)
+    )
+    assert handler.scan_gate.budget == 2 * MiB + 1
