@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 import threading
 import time
@@ -16,8 +17,25 @@ from tests.mta import LOOPBACK
 
 MESSAGE_SIZE = 10 * 1024 * 1024
 LIMIT_MIB = 1.5 * 1024
+
+
+class MemoryRelayTarget(RelayTarget):
+    """outbox-relay with room for every session: what is measured is memory, not admission.
+
+    With listen.workers each relay process admits its share of limits.max_connections, and
+    the kernel's SO_REUSEPORT spreading is uneven, so 100 sessions against the default 100
+    would see a few refused (421) and the peak would cover fewer messages.
+    """
+
+    def config_text(self) -> str:
+        text = super().config_text()
+        room = "shutdown_timeout: 5, max_connections: 1000}"
+        assert "shutdown_timeout: 5}" in text, "bench.targets changed the relay's limits line"
+        return text.replace("shutdown_timeout: 5}", room)
+
+
 # The naive pass-through is left out by default: it doubles the section's run time.
-FACTORIES: tuple[type[Target], ...] = (RelayTarget,)
+FACTORIES: tuple[type[Target], ...] = (MemoryRelayTarget,)
 
 
 def _tree_rss_kib(pid: int) -> int:
@@ -52,6 +70,23 @@ class _Sampler(threading.Thread):
             time.sleep(0.02)
 
 
+async def _settled_rss_mib(pids: list[int], patience: float = 60.0) -> float:
+    """The tree's RSS once it stops growing: every worker process has loaded its rules.
+
+    With listen.workers the port answers as soon as the first worker listens; load sent
+    before the others do all lands on that one (and past its share of max_connections).
+    """
+    deadline = time.monotonic() + patience
+    last = sum(_tree_rss_kib(p) for p in pids)
+    while time.monotonic() < deadline:
+        await asyncio.sleep(1.0)
+        now = sum(_tree_rss_kib(p) for p in pids)
+        if abs(now - last) < 1024:
+            return now / 1024
+        last = now
+    return last / 1024
+
+
 async def _measure(
     target: Target, sessions: int
 ) -> tuple[float, float, int, int, float, list[float]]:
@@ -59,7 +94,7 @@ async def _measure(
     message = make_message(random.Random(10), 0, "large", False, MESSAGE_SIZE)
     payloads = encode([message]) * sessions
     pids = target.pids()
-    idle = sum(_tree_rss_kib(p) for p in pids) / 1024
+    idle = await _settled_rss_mib(pids)
     sampler = _Sampler(pids)
     sampler.start()
     started = time.perf_counter()
@@ -86,11 +121,12 @@ async def measure_peak_rss(sessions: int) -> str:
                 idle, peak, accepted, errors, seconds, latencies = await _measure(target, sessions)
             finally:
                 target.stop()
-        verdict = (
-            ""
-            if target.name != "outbox-relay"
-            else ("target <= 1.5 GiB: " + ("met" if peak <= LIMIT_MIB else "MISSED"))
-        )
+        verdict = ""
+        if target.name == "outbox-relay":
+            verdict = "target <= 1.5 GiB: " + ("met" if peak <= LIMIT_MIB else "MISSED")
+            if peak <= LIMIT_MIB and accepted < sessions:
+                # Fewer messages held at once than the target is about: not a pass.
+                verdict = "target <= 1.5 GiB: NOT MEASURED (not every message was accepted)"
         rows.append(
             f"| {target.name} | {fmt(idle)} | {fmt(peak)} | {accepted}/{sessions} | "
             f"{fmt(seconds)} | {fmt(percentile(latencies, 50))} | "
@@ -98,7 +134,8 @@ async def measure_peak_rss(sessions: int) -> str:
         )
     head = (
         f"Memory: {sessions} concurrent sessions, each sending one 10 MiB message; "
-        "RSS of the target's process tree sampled every 20 ms; latency = end of DATA to reply\n\n"
+        "RSS of the target's process tree sampled every 20 ms (outbox-relay with the default "
+        "listen.workers, limits.max_connections 1000); latency = end of DATA to reply\n\n"
         "| target | idle RSS MiB | peak RSS MiB | accepted | seconds | p50 s | p99 s | notes |\n"
         "|---|---|---|---|---|---|---|---|"
     )
