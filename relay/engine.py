@@ -119,7 +119,7 @@ class _Part:
         self._sentence_starts: list[int] | None = None
         self._paragraph_starts: list[int] | None = None
         # From the anchor round: rules whose `requires` clauses wait (see _Regions.of).
-        self.deferred: dict[int, tuple[dict[Scope, set[int]], bool]] = {}
+        self.deferred: dict[int, tuple[tuple[Scope, set[int]] | None, ...]] = {}
         self.regions: _Regions | None = None
         # Where candidates were looked for (the whole text unless the anchors narrowed it).
         self.ranges: Sequence[tuple[int, int]] = ((0, len(norm.text)),)
@@ -596,9 +596,9 @@ class _Plan:
 
     rules: list[Rule]
     ranges: list[tuple[int, int]] | None  # None: the whole text
-    # Per rule whose `requires` clauses wait until its first clause holds: their units per
-    # scope, and whether one may hold anywhere.
-    deferred: dict[int, tuple[dict[Scope, set[int]], bool]]
+    # Per rule whose `requires` clauses wait until its first clause holds: per clause, its
+    # scope and the units where it may hold, or None when it may hold anywhere.
+    deferred: dict[int, tuple[tuple[Scope, set[int]] | None, ...]]
 
 
 class _Regions:
@@ -628,7 +628,7 @@ class _Regions:
         anyway.
         """
         wanted: dict[Scope, set[int]] = {}
-        deferred: dict[int, tuple[dict[Scope, set[int]], bool]] = {}
+        deferred: dict[int, tuple[tuple[Scope, set[int]] | None, ...]] = {}
         kept = []
         whole = False
         occs = self.part.builtin_occs
@@ -663,14 +663,7 @@ class _Regions:
                 else:
                     wanted.setdefault(first[0], set()).update(first[1])
                 if later:
-                    put_off: dict[Scope, set[int]] = {}
-                    anywhere = False
-                    for entry in later:
-                        if entry is None:
-                            anywhere = True
-                        else:
-                            put_off.setdefault(entry[0], set()).update(entry[1])
-                    deferred[id(rule)] = (put_off, anywhere)
+                    deferred[id(rule)] = tuple(later)
         if whole or not kept:
             return _Plan(kept, None, {})
         return _Plan(kept, self.ranges(wanted), deferred)
@@ -873,6 +866,7 @@ class RuleSet:
         default_factory=dict
     )
     first_patterns: Mapping[int, frozenset[int]] = field(default_factory=dict)
+    clause_patterns: Mapping[int, frozenset[int]] = field(default_factory=dict)
 
     def evaluate(self, scan: ScanInput) -> Verdict:
         """Every rule against every part: at most one hit per rule and part (the first)."""
@@ -942,12 +936,16 @@ class RuleSet:
             span = _match_clause(part, rule.clause)
             if span is not None:
                 held.append((rule, span))
-        waiting = [rule for rule, _ in held if id(rule) in deferred]
-        later = self._requires_part(part, waiting) if waiting else part
         found = []
         for rule, span in held:
-            holder = later if id(rule) in deferred else part
-            if all(_match_clause(holder, extra) for extra in rule.requires):
+            if id(rule) in deferred:
+                holds = all(
+                    self._holds_somewhere(part, extra, units)
+                    for extra, units in zip(rule.requires, deferred[id(rule)], strict=True)
+                )
+            else:
+                holds = all(_match_clause(part, extra) for extra in rule.requires)
+            if holds:
                 found.append((rule, part.norm.excerpt(*span)))
         return found
 
@@ -998,31 +996,44 @@ class RuleSet:
             scanner.scan_words(part, part.ranges)
         return part
 
-    def _requires_part(self, part: _Part, rules: Sequence[Rule]) -> _Part:
-        """The part again, scanned where the put-off `requires` clauses of `rules` can hold.
+    def _holds_somewhere(
+        self, part: _Part, clause: Clause, units: tuple[Scope, set[int]] | None
+    ) -> bool:
+        """Whether a put-off `requires` clause holds in one of its units of the part.
 
-        A fresh _Part: word numbers are counted per scanned range, so the first part's
-        places cannot be reused for ranges it did not scan.
+        The units are scanned in batches of 1, 2, 4... from the start of the text, each in a
+        part of its own (word numbers are counted per scanned range), and the search stops
+        at the first batch where the clause holds: where a gating rule's first clause holds,
+        its second usually does too, early.
         """
         assert part.regions is not None
-        later = _Part(self, part.norm)
-        later.builtin_occs = {
-            name: [_Occ(o.start, o.end) for o in found] for name, found in part.builtin_occs.items()
-        }
-        later.atoms = dict(part.regions.census.cjk_atoms)
-        put_off = [part.deferred[id(rule)] for rule in rules]
-        if any(anywhere for _, anywhere in put_off):
-            later.ranges = ((0, len(part.norm.text)),)
+        text = part.norm.text
+        if units is None:
+            batches: list[list[tuple[int, int]]] = [[(0, len(text))]]
         else:
-            later.ranges = part.regions.ranges(*(units for units, _ in put_off))
-        if self.scanner is not None:
-            self.scanner.scan_words(later, later.ranges)
-        later.alive = list(rules)
-        needed: set[int] = set()
-        for rule in rules:
-            needed.update(self.rule_patterns[id(rule)])
-        later.place(needed)
-        return later
+            scope, found = units
+            ordered = sorted(found)
+            batches = []
+            start, size = 0, 1
+            while start < len(ordered):
+                batch = set(ordered[start : start + size])
+                batches.append(part.regions.ranges({scope: batch}))
+                start, size = start + size, size * 2
+        patterns = self.clause_patterns[id(clause)]
+        for ranges in batches:
+            later = _Part(self, part.norm)
+            later.builtin_occs = {
+                name: [_Occ(o.start, o.end) for o in occs]
+                for name, occs in part.builtin_occs.items()
+            }
+            later.atoms = dict(part.regions.census.cjk_atoms)
+            later.ranges = ranges
+            if self.scanner is not None:
+                self.scanner.scan_words(later, ranges)
+            later.place(patterns)
+            if _match_clause(later, clause) is not None:
+                return True
+        return False
 
     def check_examples(self, rules: Iterable[Rule] | None = None) -> list[ExampleFailure]:
         """Runs every embedded example; returns those that misbehave."""
@@ -1409,6 +1420,9 @@ def _compile(
         rule_patterns={id(rule): patterns_of((rule.clause, *rule.requires)) for rule in rules},
         first_needs={id(rule): needs((rule.clause,)) for rule in rules},
         first_patterns={id(rule): patterns_of((rule.clause,)) for rule in rules},
+        clause_patterns={
+            id(clause): patterns_of((clause,)) for rule in rules for clause in rule.requires
+        },
     )
 
 
