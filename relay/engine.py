@@ -867,6 +867,9 @@ class RuleSet:
     )
     first_patterns: Mapping[int, frozenset[int]] = field(default_factory=dict)
     clause_patterns: Mapping[int, frozenset[int]] = field(default_factory=dict)
+    # Item index -> positions in `rules` of the rules that cannot match without that item
+    # (one such item, or one `any` group, per rule): most mail makes few items possible.
+    rule_keys: Mapping[int, tuple[int, ...]] = field(default_factory=dict)
 
     def evaluate(self, scan: ScanInput) -> Verdict:
         """Every rule against every part: at most one hit per rule and part (the first)."""
@@ -954,6 +957,11 @@ class RuleSet:
     ) -> list[Rule]:
         """The rules all of whose needed items are possible (of the first clause only for
         the rules in `deferred`)."""
+        if rules is self.rules and not deferred:
+            positions: set[int] = set()
+            for item in possible:
+                positions.update(self.rule_keys.get(item, ()))
+            rules = [rules[position] for position in sorted(positions)]
         candidates = []
         for rule in rules:
             needs = self.first_needs if id(rule) in deferred else self.rule_needs
@@ -1423,7 +1431,25 @@ def _compile(
         clause_patterns={
             id(clause): patterns_of((clause,)) for rule in rules for clause in rule.requires
         },
+        rule_keys=_rule_keys(rules, [needs((rule.clause, *rule.requires)) for rule in rules]),
     )
+
+
+def _rule_keys(
+    rules: Sequence[Rule], needs: Sequence[tuple[frozenset[int], tuple[frozenset[int], ...]]]
+) -> dict[int, tuple[int, ...]]:
+    """Files each rule under one item it needs, or under every item of one `any` group."""
+    keys: dict[int, list[int]] = {}
+    for position, (every, some) in enumerate(needs):
+        if every:
+            filed_under: Iterable[int] = (min(every),)
+        elif some:
+            filed_under = some[0]
+        else:
+            raise ValueError(f"rule {rules[position].id} needs no item at all")
+        for item in filed_under:
+            keys.setdefault(item, []).append(position)
+    return {item: tuple(positions) for item, positions in keys.items()}
 
 
 def _phrase_offsets(
