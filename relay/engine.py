@@ -1073,6 +1073,28 @@ def _parts_of(scan: ScanInput) -> list[tuple[str, str]]:
 _RUN_RE = re.compile(f"[{LETTER}]+|[0-9]+")
 
 
+# ASCII characters that are not part of a run, to spaces.
+_ASCII_GAPS = str.maketrans({chr(code): " " for code in range(128) if not chr(code).isalnum()})
+
+
+def _count_runs(text: str) -> Counter[str]:
+    """How often each run (`_RUN_RE`) occurs in `text`.
+
+    ASCII text (most mail once accents are stripped) takes a faster road: gaps become spaces
+    in one C-level translate, the words are counted, and the few that mix letters and digits
+    ("5star") are split into their runs.
+    """
+    if not text.isascii():
+        return Counter(_RUN_RE.findall(text))
+    counts = Counter(text.translate(_ASCII_GAPS).split())
+    mixed = [word for word in counts if not word.isalpha() and not word.isdigit()]
+    for word in mixed:
+        count = counts.pop(word)
+        for run in _RUN_RE.findall(word):
+            counts[run] += count
+    return counts
+
+
 class _WordTable:
     """Whole words and word prefixes of one kind (with or without diacritics).
 
@@ -1112,7 +1134,7 @@ class _WordTable:
         memo = self.memo
         counts = census.counts
         words = census.words
-        for word, count in Counter(_RUN_RE.findall(text)).items():
+        for word, count in _count_runs(text).items():
             pids = memo.get(word)
             if pids is None:
                 pids = self.lookup(word)

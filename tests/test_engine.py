@@ -832,8 +832,10 @@ def test_sentence_starts_agree_with_the_break_pattern(text: str) -> None:
     assert _sentence_starts(norm) == [m.start() for m in SENTENCE_BREAK_RE.finditer(norm)]
 
 
-def test_sentence_starts_agree_on_every_corpus_body() -> None:
-    from relay.engine import _sentence_starts
+def test_sentence_starts_and_runs_agree_on_every_corpus_body() -> None:
+    from collections import Counter
+
+    from relay.engine import _RUN_RE, _count_runs, _sentence_starts
     from relay.normalize import SENTENCE_BREAK_RE
     from tests.corpus.build import load_corpus
 
@@ -842,6 +844,8 @@ def test_sentence_starts_agree_on_every_corpus_body() -> None:
             norm = normalize(text).text
             expected = [m.start() for m in SENTENCE_BREAK_RE.finditer(norm)]
             assert _sentence_starts(norm) == expected, item.id
+            bare = normalize(text).bare
+            assert _count_runs(bare) == Counter(_RUN_RE.findall(bare)), item.id
 
 
 def test_made_up_words_of_a_prefix_are_placed_in_one_pass(tmp_path: Path) -> None:
@@ -856,3 +860,22 @@ def test_made_up_words_of_a_prefix_are_placed_in_one_pass(tmp_path: Path) -> Non
     assert matches(ruleset, text)
     assert ruleset.scanner is not None
     assert len(ruleset.scanner.plain.word_regexes) <= _Census.WORD_SEARCHES
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "plain words, and 5star or a5 and 10/10! x2y3z e-mail_x",
+        "tabs\tand\nlines\r\nand\x0bform\x0cfeeds\x1c\x1d\x1e\x1f end",
+        "",
+        "   ",
+        "only 123 456",
+        "naïve café déjà",  # not ASCII: the general road
+    ],
+)
+def test_counting_runs_agrees_with_the_run_pattern(text: str) -> None:
+    from collections import Counter
+
+    from relay.engine import _RUN_RE, _count_runs
+
+    assert _count_runs(text) == Counter(_RUN_RE.findall(text))
