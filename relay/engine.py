@@ -4,29 +4,26 @@
 into a frozen `RuleSet`; `RuleSet.evaluate(scan)` is pure and synchronous and returns a
 `Verdict`.
 
-Matching never uses a user-written regular expression. Every word of every term is a run of
-letters or digits (or a CJK substring): a part's runs are found by one simple regex and each
-distinct run is looked up once in tables of whole words and prefixes; CJK terms are found by
-one trie-shaped regex of literal characters (no nested quantifiers, so no catastrophic
-backtracking). The scan runs in two rounds: first the part's distinct words are counted, and
-every rule with a needed word missing, or whose needed words never meet in one sentence or
-paragraph of its scope, is dropped; then the words of the rules left are placed, in the
-sentences or paragraphs where those rules can match only. Time is linear in the text size
-for any pack.
+Matching never uses a user-written regular expression: candidate words are found by table
+lookups of a part's runs of letters and digits and by a trie regex of literal CJK terms
+(relay.wordscan). A scan runs in two rounds: first the part's distinct words are counted and
+every rule that cannot match is dropped, the rest narrowed to the sentences or paragraphs
+where it can (relay.anchors); then the words of the rules left are placed there, with word,
+sentence and paragraph numbers, and each rule's clauses are judged. Time is linear in the
+text size for any pack.
 """
 
 from __future__ import annotations
 
 import bisect
 import re
-from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 from relay import builtins as builtin_terms
+from relay.anchors import Anchor, Regions, anchor_of
 from relay.model import Hit, ScanInput, Verdict
 from relay.normalize import (
     CJK,
@@ -50,6 +47,7 @@ from relay.rulepack import (
     parse_term,
     read_packs,
 )
+from relay.wordscan import Census, Scanner
 
 __all__ = [
     "Clause",
@@ -118,9 +116,9 @@ class _Part:
         self.alive: list[Rule] = []
         self._sentence_starts: list[int] | None = None
         self._paragraph_starts: list[int] | None = None
-        # From the anchor round: rules whose `requires` clauses wait (see _Regions.of).
+        # From the anchor round: rules whose `requires` clauses wait (see Regions.of).
         self.deferred: dict[int, tuple[tuple[Scope, set[int]] | None, ...]] = {}
-        self.regions: _Regions | None = None
+        self.regions: Regions | None = None
         # Where candidates were looked for (the whole text unless the anchors narrowed it).
         self.ranges: Sequence[tuple[int, int]] = ((0, len(norm.text)),)
 
@@ -548,190 +546,6 @@ class _SentenceFilter:
         return found
 
 
-# --- anchors: which rules can match, and where -------------------------------------
-
-
-# A group of words of which one must occur wherever a clause holds: per term, the pattern
-# numbers of its words (the term occurs only where all of them do), plus built-ins.
-_Group = tuple[tuple[frozenset[int], ...], frozenset[str]]
-
-
-@dataclass(frozen=True, slots=True)
-class _Anchor:
-    """Per clause of a rule: its scope and the groups of words a match must hold.
-
-    A clause holds only in a unit (sentence, paragraph) where each `all` item and one `any`
-    item occur, and a term occurs only where each of its words does: so each group (the
-    terms of an item, or of all `any` items, plus their built-ins) has a term whose rarest
-    word stands in every unit where the clause holds.
-    """
-
-    clauses: tuple[tuple[Scope, tuple[_Group, ...]], ...]
-
-
-def _anchor_of(rule: Rule, term_steps: Mapping[Term, tuple[tuple[int, int], ...]]) -> _Anchor:
-    clauses = []
-    for clause in (rule.clause, *rule.requires):
-        items: list[tuple[Item, ...]] = [(item,) for item in clause.all]
-        if clause.any:
-            items.append(clause.any)
-        groups = []
-        for group in items:
-            terms = tuple(
-                dict.fromkeys(
-                    frozenset(pid for pid, _ in term_steps[term])
-                    for item in group
-                    for term in item.terms
-                )
-            )
-            names = frozenset(name for item in group for name in item.builtins)
-            groups.append((terms, names))
-        clauses.append((clause.scope, tuple(groups)))
-    return _Anchor(tuple(clauses))
-
-
-@dataclass(slots=True)
-class _Plan:
-    """The outcome of the anchor round for one part (see _Regions.of)."""
-
-    rules: list[Rule]
-    ranges: list[tuple[int, int]] | None  # None: the whole text
-    # Per rule whose `requires` clauses wait until its first clause holds: per clause, its
-    # scope and the units where it may hold, or None when it may hold anywhere.
-    deferred: dict[int, tuple[tuple[Scope, set[int]] | None, ...]]
-
-
-class _Regions:
-    """The stretches of a part's text where the rules that can still match may match.
-
-    A clause of sentence (paragraph) scope holds only in a sentence (paragraph) holding a
-    member of each of its groups: the intersection of the groups' units, computed from the
-    rarest group up (per term, only its rarest word is looked for). A rule with a clause that
-    can hold nowhere is dropped; a rule with a message-scope clause needs the whole text.
-    """
-
-    def __init__(self, part: _Part, census: _Census) -> None:
-        self.part = part
-        self.census = census
-        self.text = part.norm.text
-        self._breaks: dict[Scope, list[int]] = {}
-        self._positions: dict[int, list[int]] = {}
-        # Keyed by id(): groups live as long as the rule set, and hashing them is slow.
-        self._units: dict[tuple[Scope, int], set[int]] = {}
-        self._rarest_words: dict[int, frozenset[int]] = {}
-
-    def of(self, rules: Sequence[Rule], anchors: Mapping[int, _Anchor]) -> _Plan:
-        """The rules that may still match, where to look for their words, and what can wait.
-
-        A rule with `requires` clauses needs them only where its first clause holds, which is
-        rare: their units are set aside (`_Plan.deferred`), unless the whole text is scanned
-        anyway.
-        """
-        wanted: dict[Scope, set[int]] = {}
-        deferred: dict[int, tuple[tuple[Scope, set[int]] | None, ...]] = {}
-        kept = []
-        whole = False
-        occs = self.part.builtin_occs
-
-        def size(group: _Group) -> int:
-            pids = self._rarest(group)
-            return sum(self.census.counts[p] for p in pids) + sum(
-                len(occs.get(name, ())) for name in group[1]
-            )
-
-        for rule in rules:
-            clause_units: list[tuple[Scope, set[int]] | None] = []  # None: anywhere
-            for scope, groups in anchors[id(rule)].clauses:
-                if scope is Scope.MESSAGE:
-                    clause_units.append(None)
-                    continue
-                units: set[int] | None = None
-                for group in sorted(groups, key=size):
-                    found = self._group_units(scope, group)
-                    units = set(found) if units is None else units & found
-                    if not units:
-                        break
-                if units is not None and not units:
-                    break  # this clause holds nowhere: neither does the rule
-                # (a clause without words, not written by packs today, may hold anywhere)
-                clause_units.append((scope, units) if units is not None else None)
-            else:
-                kept.append(rule)
-                first, *later = clause_units
-                if first is None:
-                    whole = True
-                else:
-                    wanted.setdefault(first[0], set()).update(first[1])
-                if later:
-                    deferred[id(rule)] = tuple(later)
-        if whole or not kept:
-            return _Plan(kept, None, {})
-        return _Plan(kept, self.ranges(wanted), deferred)
-
-    def ranges(self, *wanted: Mapping[Scope, set[int]]) -> list[tuple[int, int]]:
-        """Sorted, disjoint `(start, end)` ranges covering the units asked for."""
-        ranges = []
-        for units in wanted:
-            for scope, found in units.items():
-                starts = self._starts(scope)
-                for unit in found:
-                    # Unit k holds the positions p with starts[k - 1] < p <= starts[k] (the
-                    # way bisect numbers them); a break starts with punctuation or a line
-                    # break, so no word runs across the end of a range.
-                    begin = starts[unit - 1] + 1 if unit else 0
-                    end = starts[unit] + 1 if unit < len(starts) else len(self.text)
-                    ranges.append((begin, end))
-        ranges.sort()
-        merged: list[tuple[int, int]] = []
-        for begin, end in ranges:
-            if merged and begin <= merged[-1][1]:
-                merged[-1] = (merged[-1][0], max(merged[-1][1], end))
-            else:
-                merged.append((begin, end))
-        return merged
-
-    def _rarest(self, group: _Group) -> frozenset[int]:
-        """Per term of the group found in the part, its word found least often."""
-        found = self._rarest_words.get(id(group))
-        if found is None:
-            counts = self.census.counts
-            chosen = set()
-            present = counts.keys()
-            for pids in group[0]:
-                if present >= pids:
-                    chosen.add(min(pids, key=counts.__getitem__))
-            found = self._rarest_words[id(group)] = frozenset(chosen)
-        return found
-
-    def _group_units(self, scope: Scope, group: _Group) -> set[int]:
-        key = (scope, id(group))
-        found = self._units.get(key)
-        if found is None:
-            starts = self._starts(scope)
-            left = bisect.bisect_left
-            found = set()
-            for pid in self._rarest(group):
-                found.update(left(starts, p) for p in self._pattern_positions(pid))
-            for name in group[1]:
-                found.update(left(starts, o.start) for o in self.part.builtin_occs.get(name, ()))
-            self._units[key] = found
-        return found
-
-    def _starts(self, scope: Scope) -> list[int]:
-        found = self._breaks.get(scope)
-        if found is None:
-            part = self.part
-            starts = part.sentence_starts if scope is Scope.SENTENCE else part.paragraph_starts
-            found = self._breaks[scope] = starts()
-        return found
-
-    def _pattern_positions(self, pid: int) -> list[int]:
-        found = self._positions.get(pid)
-        if found is None:
-            found = self._positions[pid] = self.census.positions(pid)
-        return found
-
-
 # --- clause evaluation ----------------------------------------------------------------
 
 
@@ -848,7 +662,7 @@ class RuleSet:
     compiled_terms: tuple[tuple[tuple[int, int], ...], ...] = ()
     distance_cap: int = MAX_GAP + 1
     uses_paragraphs: bool = False
-    scanner: _Scanner | None = None
+    scanner: Scanner | None = None
     builtins_used: frozenset[str] = frozenset()
     item_plans: Mapping[int, _ItemPlan] = field(default_factory=dict)
     index: _ItemIndex = field(default_factory=lambda: _ItemIndex((), (), ()))
@@ -859,8 +673,8 @@ class RuleSet:
         default_factory=dict
     )
     phrase_offsets: tuple[tuple[int, ...] | None, ...] = ()
-    # Per rule: the rare words (or built-ins) one of which every match holds; see _Anchor.
-    anchors: Mapping[int, _Anchor] = field(default_factory=dict)
+    # Per rule: the rare words (or built-ins) one of which every match holds; see Anchor.
+    anchors: Mapping[int, Anchor] = field(default_factory=dict)
     # rule_needs and rule_patterns of each rule's first clause alone.
     first_needs: Mapping[int, tuple[frozenset[int], tuple[frozenset[int], ...]]] = field(
         default_factory=dict
@@ -986,12 +800,16 @@ class RuleSet:
             if found:
                 part.builtin_occs[name] = [_Occ(s, e) for s, e in found]
         scanner = self.scanner
-        census = scanner.census(part) if scanner is not None else _Census(part)
+        census = (
+            scanner.census(part.norm, part.atoms)
+            if scanner is not None
+            else Census(part.norm, part.atoms)
+        )
         present = self.index.possible_items(census.counts.keys(), part.builtin_occs)
         candidates = self._candidates(rules, present, {})
         if not candidates:
             return None
-        regions = _Regions(part, census)
+        regions = Regions(part, census)
         plan = regions.of(candidates, self.anchors)
         if not plan.rules:
             return None
@@ -1001,7 +819,7 @@ class RuleSet:
         if plan.ranges is not None:
             part.ranges = plan.ranges
         if scanner is not None:
-            scanner.scan_words(part, part.ranges)
+            scanner.scan_words(part.norm, part.atoms, part.ranges)
         return part
 
     def _holds_somewhere(
@@ -1037,7 +855,7 @@ class RuleSet:
             later.atoms = dict(part.regions.census.cjk_atoms)
             later.ranges = ranges
             if self.scanner is not None:
-                self.scanner.scan_words(later, ranges)
+                self.scanner.scan_words(later.norm, later.atoms, ranges)
             later.place(patterns)
             if _match_clause(later, clause) is not None:
                 return True
@@ -1064,277 +882,6 @@ def _parts_of(scan: ScanInput) -> list[tuple[str, str]]:
     if scan.subject and not any(p.origin == "subject" for p in scan.parts):
         parts.insert(0, ("subject", scan.subject))
     return parts
-
-
-# --- candidate scanning -----------------------------------------------------------------
-
-
-# The runs of a text that can be words of a pattern: whole, left to right.
-_RUN_RE = re.compile(f"[{LETTER}]+|[0-9]+")
-
-
-# ASCII characters that are not part of a run, to spaces.
-_ASCII_GAPS = str.maketrans({chr(code): " " for code in range(128) if not chr(code).isalnum()})
-
-
-def _count_runs(text: str) -> Counter[str]:
-    """How often each run (`_RUN_RE`) occurs in `text`.
-
-    ASCII text (most mail once accents are stripped) takes a faster road: gaps become spaces
-    in one C-level translate, the words are counted, and the few that mix letters and digits
-    ("5star") are split into their runs.
-    """
-    if not text.isascii():
-        return Counter(_RUN_RE.findall(text))
-    counts = Counter(text.translate(_ASCII_GAPS).split())
-    mixed = [word for word in counts if not word.isalpha() and not word.isdigit()]
-    for word in mixed:
-        count = counts.pop(word)
-        for run in _RUN_RE.findall(word):
-            counts[run] += count
-    return counts
-
-
-class _WordTable:
-    """Whole words and word prefixes of one kind (with or without diacritics).
-
-    Every pattern word is a run of letters or of digits (the pack reader splits terms so),
-    and a candidate is a whole run of the text that equals a word or starts with a prefix:
-    the text's runs are found by one simple regex in C and each distinct run is looked up
-    once, remembered across messages (mail repeats words).
-    """
-
-    def __init__(self, exact: dict[str, list[int]], prefix: dict[str, list[int]]) -> None:
-        for word in (*exact, *prefix):
-            if not _RUN_RE.fullmatch(word):
-                raise ValueError(f"pattern word {word!r} is not a run of letters or digits")
-        self.exact = exact
-        self.prefix = prefix
-        self.lengths = sorted({len(w) for w in prefix})
-        self.empty = not exact and not prefix
-        self.memo: dict[str, tuple[int, ...]] = {}
-        self.word_regexes: dict[str, re.Pattern[str]] = {}
-
-    def lookup(self, word: str) -> tuple[int, ...]:
-        pids = list(self.exact.get(word, ()))
-        for length in self.lengths:
-            if length > len(word):
-                break
-            pids.extend(self.prefix.get(word[:length], ()))
-        found = tuple(pids)
-        if len(self.memo) >= _Scanner.MEMO_LIMIT:
-            self.memo.clear()
-        self.memo[word] = found
-        return found
-
-    def census(self, text: str, census: _Census) -> None:
-        """Adds how often each pattern occurs in `text`, from its distinct runs."""
-        if self.empty:
-            return
-        memo = self.memo
-        counts = census.counts
-        words = census.words
-        for word, count in _count_runs(text).items():
-            pids = memo.get(word)
-            if pids is None:
-                pids = self.lookup(word)
-            for pid in pids:
-                counts[pid] = counts.get(pid, 0) + count
-                words.setdefault(pid, []).append((self, text, word))
-
-    def starts(self, text: str, word: str) -> list[int]:
-        """Where `word` stands as a whole run in `text`."""
-        regex = self.word_regexes.get(word)
-        if regex is None:
-            if len(self.word_regexes) >= _Scanner.MEMO_LIMIT // 100:
-                self.word_regexes.clear()
-            kind = "0-9" if word[0].isdigit() else LETTER
-            # The literal first, so the regex engine skips ahead to it like str.find; the
-            # look-behind after it checks the character before the word.
-            regex = re.compile(
-                f"{re.escape(word)}(?![{kind}])(?<![{kind}].{{{len(word)}}})", re.DOTALL
-            )
-            self.word_regexes[word] = regex
-        return [match.start() for match in regex.finditer(text)]
-
-    def scan(
-        self,
-        text: str,
-        atoms: dict[int, list[tuple[int, int]]],
-        ranges: Sequence[tuple[int, int]],
-    ) -> None:
-        """Places every candidate in `ranges` of `text` (no run crosses a range end)."""
-        if self.empty:
-            return
-        # Collect spans per distinct word first (mail repeats "the", "you", "order" hundreds
-        # of times), then hand them to the word's patterns: one dict lookup per candidate.
-        by_word: dict[str, tuple[tuple[int, ...], list[tuple[int, int]]]] = {}
-        memo = self.memo
-        finditer = _RUN_RE.finditer
-        for begin, end in ranges:
-            for match in finditer(text, begin, end):
-                word = match.group()
-                seen = by_word.get(word)
-                if seen is not None:
-                    seen[1].append(match.span())
-                    continue
-                pids = memo.get(word)
-                if pids is None:
-                    pids = self.lookup(word)
-                if pids:
-                    by_word[word] = (pids, [match.span()])
-        merged: list[int] = []
-        for pids, spans in by_word.values():
-            for pid in pids:
-                found = atoms.get(pid)
-                if found is None:
-                    atoms[pid] = spans  # shared between patterns, never changed in place
-                else:
-                    atoms[pid] = found + spans
-                    merged.append(pid)
-        for pid in merged:
-            atoms[pid].sort()  # several words of one prefix: back into text order
-
-
-def _trie_regex(words: Iterable[str]) -> str:
-    """A regex alternation of literal words shaped as a trie: no backtracking blow-up."""
-    root: dict[str, Any] = {}
-    for word in words:
-        node = root
-        for char in word:
-            node = node.setdefault(char, {})
-        node[""] = {}
-
-    def emit(node: dict[str, Any]) -> str:
-        alternatives = [re.escape(c) + emit(node[c]) for c in sorted(k for k in node if k)]
-        if not alternatives:
-            return ""
-        body = alternatives[0] if len(alternatives) == 1 else "(?:" + "|".join(alternatives) + ")"
-        if "" in node:
-            return f"(?:{body})?"
-        return body
-
-    return emit(root)
-
-
-class _Census:
-    """How often each pattern occurs in a part, and by which words, before any placing."""
-
-    # Finding a word's places with a regex of its own (a literal search in C, about 1/70 of
-    # a pass placing every word of the part) pays while few words need places; past this
-    # many (a prefix can match thousands of made-up words), one such pass is cheaper, and it
-    # keeps the cost bounded for any input.
-    WORD_SEARCHES = 96
-
-    def __init__(self, part: _Part, scanner: _Scanner | None = None) -> None:
-        self.part = part
-        self.scanner = scanner
-        self.counts: dict[int, int] = {}
-        self.words: dict[int, list[tuple[_WordTable, str, str]]] = {}
-        self._searches = 0
-        self._placed: dict[int, list[tuple[int, int]]] | None = None
-        self.cjk_atoms: dict[int, list[tuple[int, int]]] = {}
-
-    def positions(self, pid: int) -> list[int]:
-        """Where the pattern's candidates start (CJK ones are placed already)."""
-        found = [start for start, _ in self.part.atoms.get(pid, ())]
-        words = self.words.get(pid, ())
-        if not words:
-            return found
-        if self._placed is None and self._searches + len(words) > self.WORD_SEARCHES:
-            assert self.scanner is not None
-            self._placed = {}
-            whole = ((0, len(self.part.norm.text)),)
-            self.scanner.scan_latin(self.part.norm, self._placed, whole)
-        if self._placed is not None:
-            return found + [start for start, _ in self._placed.get(pid, ())]
-        self._searches += len(words)
-        for table, text, word in words:
-            found += table.starts(text, word)
-        return found
-
-
-class _Scanner:
-    """Finds candidate words of all term patterns in one pass per text variant."""
-
-    MEMO_LIMIT = 200_000
-
-    def __init__(self, patterns: Iterable[tuple[int, WordPattern]]) -> None:
-        self.plain_exact: dict[str, list[int]] = {}
-        self.plain_prefix: dict[str, list[int]] = {}
-        self.accented_exact: dict[str, list[int]] = {}
-        self.accented_prefix: dict[str, list[int]] = {}
-        self.cjk: dict[str, list[int]] = {}
-        for pid, pattern in patterns:
-            if pattern.cjk:
-                table = self.cjk
-            elif pattern.accented:
-                table = self.accented_prefix if pattern.prefix else self.accented_exact
-            else:
-                table = self.plain_prefix if pattern.prefix else self.plain_exact
-            table.setdefault(pattern.text, []).append(pid)
-        self.cjk_lengths = sorted({len(w) for w in self.cjk})
-        self.plain = _WordTable(self.plain_exact, self.plain_prefix)
-        self.accented = _WordTable(self.accented_exact, self.accented_prefix)
-        self.cjk_re = re.compile(_trie_regex(self.cjk)) if self.cjk else None
-        # No CJK term can start before the first character that can start one: most mail
-        # has none, and a character class is searched much faster than the whole trie
-        # (a class of ranges, that is: one listing hundreds of single characters is not).
-        cjk_class = re.compile(f"[{CJK}]")
-        odd = {word[0] for word in self.cjk if not cjk_class.match(word[0])}
-        extra = "".join(re.escape(char) for char in sorted(odd))
-        self.cjk_first = re.compile(f"[{CJK}{extra}]") if self.cjk else None
-
-    def census(self, part: _Part) -> _Census:
-        """Which patterns occur in the part and how often; CJK candidates get their places."""
-        norm = part.norm
-        census = _Census(part, self)
-        self.plain.census(norm.bare, census)
-        if norm.bare is not norm.text:
-            # Only text with diacritics can hold a word written with them.
-            self.accented.census(norm.text, census)
-        first_cjk = self.cjk_first.search(norm.text) if self.cjk_first is not None else None
-        if first_cjk is not None:
-            # CJK terms are substrings, not words: found with their places, the whole text.
-            self._cjk(norm.text, part.atoms, first_cjk.start(), len(norm.text))
-            for pid, spans in part.atoms.items():
-                census.counts[pid] = census.counts.get(pid, 0) + len(spans)
-            census.cjk_atoms = dict(part.atoms)
-        return census
-
-    def scan_words(self, part: _Part, ranges: Sequence[tuple[int, int]]) -> None:
-        """Candidate words with their places, in `ranges` of the text."""
-        self.scan_latin(part.norm, part.atoms, ranges)
-
-    def scan_latin(
-        self,
-        norm: Normalized,
-        atoms: dict[int, list[tuple[int, int]]],
-        ranges: Sequence[tuple[int, int]],
-    ) -> None:
-        """Candidates of the word tables (not CJK) in `ranges`, into `atoms`."""
-        self.plain.scan(norm.bare, atoms, ranges)
-        if norm.bare is not norm.text:
-            self.accented.scan(norm.text, atoms, ranges)
-
-    def _cjk(self, text: str, atoms: dict[int, list[tuple[int, int]]], pos: int, end: int) -> None:
-        assert self.cjk_re is not None
-        search = self.cjk_re.search
-        while True:
-            match = search(text, pos, end)
-            if match is None:
-                return
-            start = match.start()
-            found = match.group()
-            for length in self.cjk_lengths:
-                if length > len(found):
-                    break
-                pids = self.cjk.get(found[:length])
-                if pids:
-                    span = (start, start + length)
-                    for pid in pids:
-                        atoms.setdefault(pid, []).append(span)
-            pos = start + 1  # overlapping terms starting inside this one
 
 
 def load_rules(paths: Sequence[Path], *, name: str | None = None) -> RuleSet:
@@ -1410,7 +957,7 @@ def _compile(
             add_term(term)
     pattern_list = tuple(pattern_objects)
     term_steps = {term: compiled[term_id] for term, term_id in term_ids.items()}
-    anchors = {id(rule): _anchor_of(rule, term_steps) for rule in rules}
+    anchors = {id(rule): anchor_of(rule, term_steps) for rule in rules}
 
     def needs(clauses: Sequence[Clause]) -> tuple[frozenset[int], tuple[frozenset[int], ...]]:
         every = frozenset(plans[id(item)].index for clause in clauses for item in clause.all)
@@ -1440,7 +987,7 @@ def _compile(
         compiled_terms=tuple(compiled),
         distance_cap=cap,
         uses_paragraphs=uses_paragraphs,
-        scanner=_Scanner(enumerate(pattern_list)) if pattern_list else None,
+        scanner=Scanner(enumerate(pattern_list)) if pattern_list else None,
         anchors=anchors,
         builtins_used=frozenset(builtins_used),
         item_plans=plans,

@@ -773,7 +773,8 @@ def test_word_distances_hold_in_a_narrowed_sentence(tmp_path: Path) -> None:
 
 def test_narrowing_to_units_changes_no_verdict(monkeypatch: pytest.MonkeyPatch) -> None:
     """The bundled packs on mixed texts: with units narrowed, and with every word placed."""
-    from relay.engine import _Plan, _Regions, load_bundled_rules
+    from relay.anchors import Plan, Regions
+    from relay.engine import load_bundled_rules
 
     ruleset = load_bundled_rules()
     filler = "Your order left our warehouse today and the invoice is on the order page. "
@@ -790,22 +791,22 @@ def test_narrowing_to_units_changes_no_verdict(monkeypatch: pytest.MonkeyPatch) 
     scans = [ScanInput(subject="", parts=(Part("text", t),)) for t in texts]
     narrowed = [ruleset.evaluate(scan).hits for scan in scans]
 
-    def everything(self: _Regions, rules: Any, anchors: Any) -> _Plan:
-        return _Plan(list(rules), None, {})
+    def everything(self: Regions, rules: Any, anchors: Any) -> Plan:
+        return Plan(list(rules), None, {})
 
-    monkeypatch.setattr(_Regions, "of", everything)
+    monkeypatch.setattr(Regions, "of", everything)
     assert [ruleset.evaluate(scan).hits for scan in scans] == narrowed
     assert all(narrowed)
 
 
 def test_word_tables_take_whole_runs_only() -> None:
-    from relay.engine import _WordTable
+    from relay.wordscan import WordTable
 
-    table = _WordTable({"our": [0], "5": [1]}, {})
+    table = WordTable({"our": [0], "5": [1]}, {})
     assert table.starts("our your hour, (our) ours\nour", "our") == [0, 16, 26]
     assert table.starts("5 15 5a a5 55 5", "5") == [0, 5, 9, 14]
     with pytest.raises(ValueError, match="not a run"):
-        _WordTable({"e-mail": [0]}, {})
+        WordTable({"e-mail": [0]}, {})
 
 
 @pytest.mark.parametrize(
@@ -835,8 +836,9 @@ def test_sentence_starts_agree_with_the_break_pattern(text: str) -> None:
 def test_sentence_starts_and_runs_agree_on_every_corpus_body() -> None:
     from collections import Counter
 
-    from relay.engine import _RUN_RE, _count_runs, _sentence_starts
+    from relay.engine import _sentence_starts
     from relay.normalize import SENTENCE_BREAK_RE
+    from relay.wordscan import RUN_RE, count_runs
     from tests.corpus.build import load_corpus
 
     for item in load_corpus():
@@ -845,21 +847,21 @@ def test_sentence_starts_and_runs_agree_on_every_corpus_body() -> None:
             expected = [m.start() for m in SENTENCE_BREAK_RE.finditer(norm)]
             assert _sentence_starts(norm) == expected, item.id
             bare = normalize(text).bare
-            assert _count_runs(bare) == Counter(_RUN_RE.findall(bare)), item.id
+            assert count_runs(bare) == Counter(RUN_RE.findall(bare)), item.id
 
 
 def test_made_up_words_of_a_prefix_are_placed_in_one_pass(tmp_path: Path) -> None:
     """Thousands of distinct words of one prefix cannot cost a regex each."""
     from itertools import product
 
-    from relay.engine import _Census
+    from relay.wordscan import Census
 
     ruleset = rule_pack(tmp_path, 'all: ["review*", "positive"]')
     words = ["review" + "".join(letters) for letters in product("abcdefgh", repeat=4)]
     text = " ".join(f"{word} positive." for word in words[:3000])
     assert matches(ruleset, text)
     assert ruleset.scanner is not None
-    assert len(ruleset.scanner.plain.word_regexes) <= _Census.WORD_SEARCHES
+    assert len(ruleset.scanner.plain.word_regexes) <= Census.WORD_SEARCHES
 
 
 @pytest.mark.parametrize(
@@ -876,6 +878,6 @@ def test_made_up_words_of_a_prefix_are_placed_in_one_pass(tmp_path: Path) -> Non
 def test_counting_runs_agrees_with_the_run_pattern(text: str) -> None:
     from collections import Counter
 
-    from relay.engine import _RUN_RE, _count_runs
+    from relay.wordscan import RUN_RE, count_runs
 
-    assert _count_runs(text) == Counter(_RUN_RE.findall(text))
+    assert count_runs(text) == Counter(RUN_RE.findall(text))

@@ -1,0 +1,202 @@
+"""The anchor round of a scan: which rules can match a part at all, and where.
+
+Before any word is placed, a part's distinct words are counted (`relay.wordscan`). A clause
+holds only in a unit (sentence, paragraph) holding, for each of its groups (an `all` item,
+or its `any` items), one term with all its words; so a rule with a group missing from the
+part, or whose groups never meet in one unit of its scope, cannot match and is dropped. The
+units left give the ranges of text where the engine places words. A rule's `requires`
+clauses are put off until its first clause holds (`Plan.deferred`).
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from relay.rulepack import Item, Rule, Scope, Term
+from relay.wordscan import Census
+
+if TYPE_CHECKING:
+    from relay.engine import _Part
+
+# A group of words of which one must occur wherever a clause holds: per term, the pattern
+# numbers of its words (the term occurs only where all of them do), plus built-ins.
+Group = tuple[tuple[frozenset[int], ...], frozenset[str]]
+
+
+@dataclass(frozen=True, slots=True)
+class Anchor:
+    """Per clause of a rule: its scope and the groups of words a match must hold.
+
+    A clause holds only in a unit (sentence, paragraph) where each `all` item and one `any`
+    item occur, and a term occurs only where each of its words does: so each group (the
+    terms of an item, or of all `any` items, plus their built-ins) has a term whose rarest
+    word stands in every unit where the clause holds.
+    """
+
+    clauses: tuple[tuple[Scope, tuple[Group, ...]], ...]
+
+
+def anchor_of(rule: Rule, term_steps: Mapping[Term, tuple[tuple[int, int], ...]]) -> Anchor:
+    clauses = []
+    for clause in (rule.clause, *rule.requires):
+        items: list[tuple[Item, ...]] = [(item,) for item in clause.all]
+        if clause.any:
+            items.append(clause.any)
+        groups = []
+        for group in items:
+            terms = tuple(
+                dict.fromkeys(
+                    frozenset(pid for pid, _ in term_steps[term])
+                    for item in group
+                    for term in item.terms
+                )
+            )
+            names = frozenset(name for item in group for name in item.builtins)
+            groups.append((terms, names))
+        clauses.append((clause.scope, tuple(groups)))
+    return Anchor(tuple(clauses))
+
+
+@dataclass(slots=True)
+class Plan:
+    """The outcome of the anchor round for one part (see Regions.of)."""
+
+    rules: list[Rule]
+    ranges: list[tuple[int, int]] | None  # None: the whole text
+    # Per rule whose `requires` clauses wait until its first clause holds: per clause, its
+    # scope and the units where it may hold, or None when it may hold anywhere.
+    deferred: dict[int, tuple[tuple[Scope, set[int]] | None, ...]]
+
+
+class Regions:
+    """The stretches of a part's text where the rules that can still match may match.
+
+    A clause of sentence (paragraph) scope holds only in a sentence (paragraph) holding a
+    member of each of its groups: the intersection of the groups' units, computed from the
+    rarest group up (per term, only its rarest word is looked for). A rule with a clause that
+    can hold nowhere is dropped; a rule with a message-scope clause needs the whole text.
+    """
+
+    def __init__(self, part: _Part, census: Census) -> None:
+        self.part = part
+        self.census = census
+        self.text = part.norm.text
+        self._breaks: dict[Scope, list[int]] = {}
+        self._positions: dict[int, list[int]] = {}
+        # Keyed by id(): groups live as long as the rule set, and hashing them is slow.
+        self._units: dict[tuple[Scope, int], set[int]] = {}
+        self._rarest_words: dict[int, frozenset[int]] = {}
+
+    def of(self, rules: Sequence[Rule], anchors: Mapping[int, Anchor]) -> Plan:
+        """The rules that may still match, where to look for their words, and what can wait.
+
+        A rule with `requires` clauses needs them only where its first clause holds, which is
+        rare: their units are set aside (`Plan.deferred`), unless the whole text is scanned
+        anyway.
+        """
+        wanted: dict[Scope, set[int]] = {}
+        deferred: dict[int, tuple[tuple[Scope, set[int]] | None, ...]] = {}
+        kept = []
+        whole = False
+        occs = self.part.builtin_occs
+
+        def size(group: Group) -> int:
+            pids = self._rarest(group)
+            return sum(self.census.counts[p] for p in pids) + sum(
+                len(occs.get(name, ())) for name in group[1]
+            )
+
+        for rule in rules:
+            clause_units: list[tuple[Scope, set[int]] | None] = []  # None: anywhere
+            for scope, groups in anchors[id(rule)].clauses:
+                if scope is Scope.MESSAGE:
+                    clause_units.append(None)
+                    continue
+                units: set[int] | None = None
+                for group in sorted(groups, key=size):
+                    found = self._group_units(scope, group)
+                    units = set(found) if units is None else units & found
+                    if not units:
+                        break
+                if units is not None and not units:
+                    break  # this clause holds nowhere: neither does the rule
+                # (a clause without words, not written by packs today, may hold anywhere)
+                clause_units.append((scope, units) if units is not None else None)
+            else:
+                kept.append(rule)
+                first, *later = clause_units
+                if first is None:
+                    whole = True
+                else:
+                    wanted.setdefault(first[0], set()).update(first[1])
+                if later:
+                    deferred[id(rule)] = tuple(later)
+        if whole or not kept:
+            return Plan(kept, None, {})
+        return Plan(kept, self.ranges(wanted), deferred)
+
+    def ranges(self, *wanted: Mapping[Scope, set[int]]) -> list[tuple[int, int]]:
+        """Sorted, disjoint `(start, end)` ranges covering the units asked for."""
+        ranges = []
+        for units in wanted:
+            for scope, found in units.items():
+                starts = self._starts(scope)
+                for unit in found:
+                    # Unit k holds the positions p with starts[k - 1] < p <= starts[k] (the
+                    # way bisect numbers them); a break starts with punctuation or a line
+                    # break, so no word runs across the end of a range.
+                    begin = starts[unit - 1] + 1 if unit else 0
+                    end = starts[unit] + 1 if unit < len(starts) else len(self.text)
+                    ranges.append((begin, end))
+        ranges.sort()
+        merged: list[tuple[int, int]] = []
+        for begin, end in ranges:
+            if merged and begin <= merged[-1][1]:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+            else:
+                merged.append((begin, end))
+        return merged
+
+    def _rarest(self, group: Group) -> frozenset[int]:
+        """Per term of the group found in the part, its word found least often."""
+        found = self._rarest_words.get(id(group))
+        if found is None:
+            counts = self.census.counts
+            chosen = set()
+            present = counts.keys()
+            for pids in group[0]:
+                if present >= pids:
+                    chosen.add(min(pids, key=counts.__getitem__))
+            found = self._rarest_words[id(group)] = frozenset(chosen)
+        return found
+
+    def _group_units(self, scope: Scope, group: Group) -> set[int]:
+        key = (scope, id(group))
+        found = self._units.get(key)
+        if found is None:
+            starts = self._starts(scope)
+            left = bisect.bisect_left
+            found = set()
+            for pid in self._rarest(group):
+                found.update(left(starts, p) for p in self._pattern_positions(pid))
+            for name in group[1]:
+                found.update(left(starts, o.start) for o in self.part.builtin_occs.get(name, ()))
+            self._units[key] = found
+        return found
+
+    def _starts(self, scope: Scope) -> list[int]:
+        found = self._breaks.get(scope)
+        if found is None:
+            part = self.part
+            starts = part.sentence_starts if scope is Scope.SENTENCE else part.paragraph_starts
+            found = self._breaks[scope] = starts()
+        return found
+
+    def _pattern_positions(self, pid: int) -> list[int]:
+        found = self._positions.get(pid)
+        if found is None:
+            found = self._positions[pid] = self.census.positions(pid)
+        return found
