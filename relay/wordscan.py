@@ -247,7 +247,12 @@ class Scanner:
         if norm.bare is not norm.text:
             # Only text with diacritics can hold a word written with them.
             self.accented.census(norm.text, census)
-        first_cjk = self.cjk_first.search(norm.text) if self.cjk_first is not None else None
+        # A CJK term holds a CJK character, so ASCII text (most mail) holds none.
+        first_cjk = (
+            self.cjk_first.search(norm.text)
+            if self.cjk_first is not None and not norm.text.isascii()
+            else None
+        )
         if first_cjk is not None:
             # CJK terms are substrings, not words: found with their places, the whole text.
             self._cjk(norm.text, atoms, first_cjk.start(), len(norm.text))
