@@ -10,13 +10,16 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import gc
+import random
 import threading
 import time
 import tracemalloc
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from bench import traffic
 from relay.config import Config
 from relay.handler import RelayHandler, ScanFn
 from relay.limits import LimitExceeded, ScanGate, run_within
@@ -238,14 +241,23 @@ async def test_relay_processes_split_the_scan_budget_also_after_a_reload(
     assert handler.scan_gate.budget == 2 * MiB + 1
 
 
-def test_scanning_leaves_no_cycles_holding_the_scanned_text() -> None:
+def _plain_violation() -> bytes:
+    body = "Thank you for your order. Please tell us how you liked it.\r\n" * 200
+    return make_message(
+        subject="Your order", body=body + "Please leave us a 5-star review and we will refund you."
+    )
+
+
+def _html_violation() -> bytes:
+    return traffic.make_message(random.Random(3), 0, "medium", True, 60_000).data
+
+
+@pytest.mark.parametrize("build", [_plain_violation, _html_violation])
+def test_scanning_leaves_no_cycles_holding_the_scanned_text(build: Callable[[], bytes]) -> None:
     # Cyclic garbage waits for a full collection, which the loaded rule set makes rare: a
     # cycle through a part's text kept 18 MiB per 10 MB text part scanned.
     scan = cached_rules_scanner(Config())
-    body = "Thank you for your order. Please tell us how you liked it.\r\n" * 200
-    message = make_message(
-        subject="Your order", body=body + "Please leave us a 5-star review and we will refund you."
-    )
+    message = build()
     scan(message)  # warm caches
     gc.collect()
     gc.disable()
