@@ -232,13 +232,10 @@ class Scanner:
         self.plain = WordTable(self.plain_exact, self.plain_prefix)
         self.accented = WordTable(self.accented_exact, self.accented_prefix)
         self.cjk_re = re.compile(trie_regex(self.cjk)) if self.cjk else None
-        # No CJK term can start before the first character that can start one: most mail
-        # has none, and a character class is searched much faster than the whole trie
-        # (a class of ranges, that is: one listing hundreds of single characters is not).
-        cjk_class = re.compile(f"[{CJK}]")
-        odd = {word[0] for word in self.cjk if not cjk_class.match(word[0])}
-        extra = "".join(re.escape(char) for char in sorted(odd))
-        self.cjk_first = re.compile(f"[{CJK}{extra}]") if self.cjk else None
+        # No CJK term can start before the first CJK character (a pattern is CJK because it
+        # starts with one): most mail has none, and a class of character ranges is searched
+        # much faster than the whole trie.
+        self.cjk_first = re.compile(f"[{CJK}]") if self.cjk else None
 
     def census(self, norm: Normalized, atoms: dict[int, list[tuple[int, int]]]) -> Census:
         """Which patterns occur in a part and how often; CJK candidates go to `atoms`."""
