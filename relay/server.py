@@ -13,11 +13,13 @@ import asyncio
 import contextlib
 import functools
 import math
+import mmap
 import os
 import re
 import signal
 import socket
 import ssl
+import struct
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -62,6 +64,7 @@ IDLE_TIMEOUT = "421 4.4.2 Error: timeout exceeded, closing the connection"
 ScannerFactory = Callable[[Config], ScanFn]
 # Set by relay.supervisor for the relay processes it starts: "INDEX/COUNT/PORT".
 WORKER_ENV = "OUTBOX_RELAY_WORKER"
+SESSIONS_ENV = "OUTBOX_RELAY_SESSIONS"
 # A worker's note to its supervisor, next to READY=1 after a reload: 1 reloaded, 0 failed.
 RELOADED = "X_OUTBOX_RELAY_RELOADED"
 
@@ -79,6 +82,8 @@ class WorkerRole:
     index: int
     count: int
     port: int
+    # The supervisor's session board (see SessionBoard), from SESSIONS_ENV.
+    board: str | None = None
 
     def to_env(self) -> str:
         return f"{self.index}/{self.count}/{self.port}"
@@ -89,11 +94,51 @@ class WorkerRole:
         if not text:
             return None
         index, count, port = (int(part) for part in text.split("/"))
-        return cls(index, count, port)
+        return cls(index, count, port, os.environ.get(SESSIONS_ENV) or None)
 
     def share(self, limit: int) -> int:
         """This worker's part of a limit the config sets for the whole relay."""
         return max(1, math.ceil(limit / self.count))
+
+
+class SessionBoard:
+    """How many sessions each worker has open, in a small file that every worker maps.
+
+    The kernel spreads connections over the workers by a hash, not by load, so a fixed share
+    of `limits.max_connections` per worker refused clients while the relay as a whole had
+    room. With the board each worker writes only its own slot (no lock needed) and reads the
+    others' when a client connects; two workers admitting at the same instant can pass the
+    limit by one each, never more.
+    """
+
+    _SLOT = struct.Struct("<q")
+
+    def __init__(self, path: str, slot: int, slots: int) -> None:
+        with open(path, "r+b") as file:
+            self._map = mmap.mmap(file.fileno(), self._SLOT.size * slots)
+        self._slot = slot
+        self._all = struct.Struct(f"<{slots}q")
+        self.publish(0)
+
+    @classmethod
+    def create(cls, path: Path, slots: int) -> None:
+        """A board of `slots` empty slots at `path` (the supervisor makes it)."""
+        path.write_bytes(bytes(cls._SLOT.size * slots))
+
+    @classmethod
+    def clear(cls, path: Path, slot: int) -> None:
+        """Empties a slot (its worker has died) without mapping the board."""
+        with open(path, "r+b") as file:
+            file.seek(cls._SLOT.size * slot)
+            file.write(bytes(cls._SLOT.size))
+
+    def publish(self, sessions: int) -> None:
+        self._SLOT.pack_into(self._map, self._SLOT.size * self._slot, sessions)
+
+    def others(self) -> int:
+        """Sessions open in the other workers."""
+        counts: tuple[int, ...] = self._all.unpack_from(self._map)
+        return sum(counts) - counts[self._slot]
 
 
 # aiosmtpd answers a few limits itself with bare codes; clients get the enhanced ones.
@@ -217,6 +262,7 @@ class RelaySMTP(FastDataMixin, SMTP):
             self.relay_handler.session_refused(session, refusal)
             return
         self.relay.sessions.add(self)
+        self.relay.sessions_changed()
         self.relay_handler.session_started(session)
 
     async def _handle_client(self) -> None:
@@ -278,6 +324,7 @@ class RelaySMTP(FastDataMixin, SMTP):
         super().connection_lost(error)
         if self in self.relay.sessions:
             self.relay.sessions.discard(self)
+            self.relay.sessions_changed()
             assert isinstance(self.session, RelaySession)
             self.relay_handler.session_ended(self.session)
             if not self.relay.sessions:
@@ -353,6 +400,11 @@ class RelayServer:
         self.make_scanner = make_scanner
         self.worker = worker
         self.sessions: set[RelaySMTP] = set()
+        self.board = (
+            SessionBoard(worker.board, worker.index - 1, worker.count)
+            if worker is not None and worker.board is not None
+            else None
+        )
         self.all_sessions_closed = asyncio.Event()
         self.stopping = False
         self.stopped = asyncio.Event()
@@ -454,11 +506,19 @@ class RelayServer:
         if not config.listen.allows(session.client):
             return REFUSED_CLIENT
         limit = config.limits.max_connections
-        if self.worker is not None:
+        open_now = len(self.sessions)
+        if self.board is not None:
+            open_now += self.board.others()
+        elif self.worker is not None:
             limit = self.worker.share(limit)
-        if len(self.sessions) >= limit:
+        if open_now >= limit:
             return TOO_MANY_CONNECTIONS
         return None
+
+    def sessions_changed(self) -> None:
+        """Tells the other workers how many sessions this one has open."""
+        if self.board is not None:
+            self.board.publish(len(self.sessions))
 
     # --- lifecycle ---
 

@@ -45,7 +45,15 @@ from relay import audit as events
 from relay.audit import AuditLog
 from relay.config import Config, load_config
 from relay.errors import ConfigError, RelayError
-from relay.server import RELOADED, WORKER_ENV, WorkerRole, _monotonic_usec, sd_notify
+from relay.server import (
+    RELOADED,
+    SESSIONS_ENV,
+    WORKER_ENV,
+    SessionBoard,
+    WorkerRole,
+    _monotonic_usec,
+    sd_notify,
+)
 
 # Longest audit line read from a worker (a message with very many hits stays well below).
 LINE_LIMIT = 64 * 1024 * 1024
@@ -174,6 +182,7 @@ class Supervisor:
         env = {
             **os.environ,
             WORKER_ENV: role.to_env(),
+            SESSIONS_ENV: str(self._board_path()),
             "NOTIFY_SOCKET": str(Path(self._notify_dir.name) / "notify"),
         }
         process = await asyncio.create_subprocess_exec(
@@ -229,12 +238,18 @@ class Supervisor:
 
     def _open_notify_socket(self) -> None:
         self._notify_dir = tempfile.TemporaryDirectory(prefix="outbox-relay-")
+        SessionBoard.create(self._board_path(), self.count)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         sock.bind(str(Path(self._notify_dir.name) / "notify"))
         sock.setblocking(False)
         self._notify = sock
         asyncio.get_running_loop().add_reader(sock.fileno(), self._notified)
+
+    def _board_path(self) -> Path:
+        """The session board every worker maps (see relay.server.SessionBoard)."""
+        assert self._notify_dir is not None
+        return Path(self._notify_dir.name) / "sessions"
 
     def _close_notify_socket(self) -> None:
         if self._notify is not None:
@@ -279,6 +294,7 @@ class Supervisor:
             worker.ready.set_result(False)
         if self.stopping or not self.started:
             return
+        SessionBoard.clear(self._board_path(), worker.index - 1)  # its sessions died with it
         worker.failures += 1
         # Also lets a SIGTERM sent to the whole process group reach us before we restart.
         await asyncio.sleep(min(RESTART_DELAY_MAX, 0.5 * 2 ** (worker.failures - 1)))

@@ -22,7 +22,7 @@ import pytest
 
 from relay.config import ConfigError, load_config
 from relay.handler import RelaySession
-from relay.server import RelayServer, WorkerRole, clean_scanner
+from relay.server import RelayServer, SessionBoard, WorkerRole, clean_scanner
 from relay.supervisor import reserve_port
 from tests.support import MESSAGE, Sink, make_message, send, spawn_serve
 from tests.test_lifecycle_process import Process
@@ -60,7 +60,9 @@ async def serve_workers(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
     started: list[asyncio.subprocess.Process] = []
     sockets = []
 
-    async def start(upstream: dict[str, Any]) -> tuple[Process, Path, Any]:
+    async def start(
+        upstream: dict[str, Any], limits: dict[str, Any] | None = None
+    ) -> tuple[Process, Path, Any]:
         path = tmp_path / "relay.yaml"
         path.write_text(
             json.dumps(
@@ -69,7 +71,7 @@ async def serve_workers(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
                     "upstream": upstream,
                     "audit": {"path": "-"},
                     "quarantine": {"path": str(tmp_path / "quarantine")},
-                    "limits": {"shutdown_timeout": 10},
+                    "limits": {"shutdown_timeout": 10, **(limits or {})},
                 }
             ).replace('"hostname"', '"workers": 2, "hostname"')
         )
@@ -293,3 +295,74 @@ async def test_a_worker_shares_the_port_and_takes_its_share_of_the_limits(
             await server.stop(grace=1)
         for sock in sockets:
             sock.close()
+
+
+def test_the_session_board_adds_up_every_workers_sessions(tmp_path: Path) -> None:
+    path = tmp_path / "sessions"
+    SessionBoard.create(path, 3)
+    first, second, third = (SessionBoard(str(path), slot, 3) for slot in range(3))
+    first.publish(2)
+    second.publish(5)
+    assert (first.others(), second.others(), third.others()) == (5, 2, 7)
+    SessionBoard.clear(path, 1)  # its worker died
+    assert third.others() == 2
+
+
+async def test_workers_hold_the_connection_limit_together(sink: Sink, tmp_path: Path) -> None:
+    """However the kernel spreads connections, the limit is the relay's, not a share each."""
+    path = tmp_path / "relay.yaml"
+    path.write_text(
+        json.dumps(
+            {
+                "listen": {"host": "127.0.0.1", "port": 0, "hostname": "relay.test"},
+                "upstream": sink.upstream(),
+                "audit": {"path": str(tmp_path / "audit.log")},
+                "quarantine": {"path": str(tmp_path / "quarantine")},
+                "limits": {"max_connections": 3},
+            }
+        )
+    )
+    config = load_config(path)
+    board = tmp_path / "sessions"
+    SessionBoard.create(board, 2)
+    sockets, port = reserve_port("127.0.0.1", 0)
+    first, second = (
+        RelayServer(config, make_scanner=clean_scanner, worker=WorkerRole(i, 2, port, str(board)))
+        for i in (1, 2)
+    )
+    session = RelaySession(asyncio.get_running_loop())
+    session.peer = ("127.0.0.1", 1)
+    try:
+        for server in (first, second):
+            await server.start()
+        second.sessions.update({object(), object()})  # type: ignore[arg-type]
+        second.sessions_changed()
+        assert second.admission(session) is None  # 2 of 3: a share (2) would have refused
+        assert first.admission(session) is None
+        first.sessions.add(object())  # type: ignore[arg-type]
+        first.sessions_changed()
+        assert first.admission(session) is not None and second.admission(session) is not None
+    finally:
+        for server in (first, second):
+            server.sessions.clear()
+            await server.stop(grace=1)
+        for sock in sockets:
+            sock.close()
+
+
+async def test_a_real_relay_refuses_the_connection_over_the_limit_whichever_worker(
+    serve_workers: Callable[..., Any], sink: Sink
+) -> None:
+    relay, _, _ = await serve_workers(sink.upstream(), {"max_connections": 3})
+    opened = []
+    try:
+        for _ in range(3):
+            reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
+            assert (await asyncio.wait_for(reader.readline(), 10)).startswith(b"220")
+            opened.append(writer)
+        reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
+        opened.append(writer)
+        assert (await asyncio.wait_for(reader.readline(), 10)).startswith(b"421 4.7.0")
+    finally:
+        for writer in opened:
+            writer.close()
