@@ -9,6 +9,7 @@ killed supervisor.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -256,9 +257,11 @@ def test_listen_workers_is_checked_and_0_means_one_per_cpu(tmp_path: Path) -> No
         load_config(path)
 
 
-async def test_a_worker_shares_the_port_and_takes_its_share_of_the_limits(
-    sink: Sink, tmp_path: Path
-) -> None:
+@contextlib.asynccontextmanager
+async def two_workers(
+    sink: Sink, tmp_path: Path, limits: dict[str, Any], board: Path | None = None
+) -> AsyncIterator[tuple[list[RelayServer], int]]:
+    """Two in-process relay workers on one reserved port (with a session board, if given)."""
     path = tmp_path / "relay.yaml"
     path.write_text(
         json.dumps(
@@ -267,34 +270,48 @@ async def test_a_worker_shares_the_port_and_takes_its_share_of_the_limits(
                 "upstream": sink.upstream(),
                 "audit": {"path": str(tmp_path / "audit.log")},
                 "quarantine": {"path": str(tmp_path / "quarantine")},
-                "limits": {"max_connections": 3, "max_concurrent_scan_size": "32MiB"},
+                "limits": limits,
             }
         )
     )
     config = load_config(path)
     sockets, port = reserve_port("127.0.0.1", 0)
+    board_path = str(board) if board is not None else None
     servers = [
-        RelayServer(config, make_scanner=clean_scanner, worker=WorkerRole(i, 2, port))
+        RelayServer(config, make_scanner=clean_scanner, worker=WorkerRole(i, 2, port, board_path))
         for i in (1, 2)
     ]
     try:
         for server in servers:
             await server.start()
-            assert server.port == port
-            assert server.handler.scan_gate.budget == 16 * 1024 * 1024
-        assert (await send(port)).code == 250
-        assert len(sink.messages) == 1
-        session = RelaySession(asyncio.get_running_loop())
-        session.peer = ("127.0.0.1", 1)
-        first = servers[0]
-        first.sessions.update({object(), object()})  # type: ignore[arg-type]
-        assert first.admission(session) is not None  # its share of 3 is 2
+        yield servers, port
     finally:
         for server in servers:
             server.sessions.clear()
             await server.stop(grace=1)
         for sock in sockets:
             sock.close()
+
+
+def new_session() -> RelaySession:
+    session = RelaySession(asyncio.get_running_loop())
+    session.peer = ("127.0.0.1", 1)
+    return session
+
+
+async def test_a_worker_shares_the_port_and_takes_its_share_of_the_limits(
+    sink: Sink, tmp_path: Path
+) -> None:
+    limits = {"max_connections": 3, "max_concurrent_scan_size": "32MiB"}
+    async with two_workers(sink, tmp_path, limits) as (servers, port):
+        for server in servers:
+            assert server.port == port
+            assert server.handler.scan_gate.budget == 16 * 1024 * 1024
+        assert (await send(port)).code == 250
+        assert len(sink.messages) == 1
+        first = servers[0]
+        first.sessions.update({object(), object()})  # type: ignore[arg-type]
+        assert first.admission(new_session()) is not None  # its share of 3 is 2
 
 
 def test_the_session_board_adds_up_every_workers_sessions(tmp_path: Path) -> None:
@@ -310,31 +327,11 @@ def test_the_session_board_adds_up_every_workers_sessions(tmp_path: Path) -> Non
 
 async def test_workers_hold_the_connection_limit_together(sink: Sink, tmp_path: Path) -> None:
     """However the kernel spreads connections, the limit is the relay's, not a share each."""
-    path = tmp_path / "relay.yaml"
-    path.write_text(
-        json.dumps(
-            {
-                "listen": {"host": "127.0.0.1", "port": 0, "hostname": "relay.test"},
-                "upstream": sink.upstream(),
-                "audit": {"path": str(tmp_path / "audit.log")},
-                "quarantine": {"path": str(tmp_path / "quarantine")},
-                "limits": {"max_connections": 3},
-            }
-        )
-    )
-    config = load_config(path)
     board = tmp_path / "sessions"
     SessionBoard.create(board, 2)
-    sockets, port = reserve_port("127.0.0.1", 0)
-    first, second = (
-        RelayServer(config, make_scanner=clean_scanner, worker=WorkerRole(i, 2, port, str(board)))
-        for i in (1, 2)
-    )
-    session = RelaySession(asyncio.get_running_loop())
-    session.peer = ("127.0.0.1", 1)
-    try:
-        for server in (first, second):
-            await server.start()
+    async with two_workers(sink, tmp_path, {"max_connections": 3}, board) as (servers, _):
+        first, second = servers
+        session = new_session()
         second.sessions.update({object(), object()})  # type: ignore[arg-type]
         second.sessions_changed()
         assert second.admission(session) is None  # 2 of 3: a share (2) would have refused
@@ -342,12 +339,6 @@ async def test_workers_hold_the_connection_limit_together(sink: Sink, tmp_path: 
         first.sessions.add(object())  # type: ignore[arg-type]
         first.sessions_changed()
         assert first.admission(session) is not None and second.admission(session) is not None
-    finally:
-        for server in (first, second):
-            server.sessions.clear()
-            await server.stop(grace=1)
-        for sock in sockets:
-            sock.close()
 
 
 async def test_a_real_relay_refuses_the_connection_over_the_limit_whichever_worker(
