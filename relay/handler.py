@@ -11,6 +11,7 @@ import asyncio
 import email.parser
 import email.policy
 import math
+import re
 import secrets
 import time
 from collections.abc import Callable
@@ -98,7 +99,18 @@ class RelaySession(Session):
 
 
 def header_summary(data: bytes) -> tuple[str | None, str | None]:
-    """Message-ID and Subject (decoded, one line, truncated) for the audit line."""
+    """Message-ID and Subject (decoded, one line, truncated) for the audit line.
+
+    Plain headers (CRLF lines, no encoded words, a `<left@right>` Message-ID: nearly all
+    mail) are read directly, about 20 times faster than the email package's parser; every
+    other header block takes that parser (`parsed_header_summary`), so the values are its.
+    """
+    fast = _plain_header_summary(data)
+    return fast if fast is not None else parsed_header_summary(data)
+
+
+def parsed_header_summary(data: bytes) -> tuple[str | None, str | None]:
+    """header_summary() by the email package's parser (policy.default), for any header."""
     # The header parser would decode (copy) the whole body too; it only needs the headers.
     ends = [i for i in (data.find(b"\r\n\r\n"), data.find(b"\n\n")) if i >= 0]
     head = data[: min(ends) + 1] if ends else data
@@ -107,8 +119,69 @@ def header_summary(data: bytes) -> tuple[str | None, str | None]:
         message_id, subject = headers.get("message-id"), headers.get("subject")
     except Exception:  # a broken header must not cost the message its audit line
         return None, None
+    return _summary(str(message_id) if message_id else None, subject)
+
+
+def _summary(message_id: str | None, subject: str | None) -> tuple[str | None, str | None]:
     subject_text = " ".join(str(subject).split())[:MAX_SUBJECT] if subject is not None else None
-    return (str(message_id).strip() or None) if message_id else None, subject_text
+    return (message_id.strip() or None) if message_id else None, subject_text
+
+
+# What the email package's feed parser takes for a header line: a name, then a colon.
+_HEADER_LINE = re.compile(rb"[\x21-\x39\x3b-\x7e]*:")
+# A Message-ID whose parse is its own text: dot-atoms without `=` (no encoded word) around @.
+_ATOM = rb"[A-Za-z0-9!#$%&'*+/?^_`{|}~-]+"
+_PLAIN_MESSAGE_ID = re.compile(
+    rb"[ \t]*<" + _ATOM + rb"(?:\." + _ATOM + rb")*@" + _ATOM + rb"(?:\." + _ATOM + rb")*>[ \t]*"
+)
+
+
+def _plain_header_summary(data: bytes) -> tuple[str | None, str | None] | None:
+    """header_summary() for headers whose parse is plain text; None for any other header.
+
+    Follows the feed parser's reading of a header block: lines up to the first empty one or
+    the first that is neither a header nor a continuation; of a repeated field, the first.
+    A value's parse (policy.default) is its text with the line breaks removed and, for the
+    Subject, undecodable UTF-8 replaced; what could parse otherwise (encoded words, a
+    Message-ID in another form, a leading `From ` line, a stray continuation or colon, bare
+    CR or LF) is left to the email package.
+    """
+    end = data.find(b"\r\n\r\n")
+    head = data if end < 0 else data[:end]
+    crlf = head.count(b"\r\n")
+    if head.count(b"\r") != crlf or head.count(b"\n") != crlf:
+        return None
+    fields: dict[bytes, bytes] = {}
+    name: bytes | None = None
+    for line in head.split(b"\r\n"):
+        if line[:1] in (b" ", b"\t"):
+            if name is None:
+                return None  # a continuation with no header before it
+            if name in fields:
+                fields[name] += line
+            continue
+        if line.startswith(b"From "):
+            return None
+        match = _HEADER_LINE.match(line)
+        if match is None:
+            break  # the header block ends here (an empty line or body text)
+        if match.end() == 1:
+            return None  # a colon with no name: the parser carries on oddly
+        name = line[: match.end() - 1].lower()
+        if name in (b"message-id", b"subject") and name not in fields:
+            fields[name] = line[match.end() :].lstrip(b" \t")
+        else:
+            name = b""  # continuations of other fields (or of repeats) are not needed
+    message_id = fields.get(b"message-id")
+    if message_id is not None and _PLAIN_MESSAGE_ID.fullmatch(message_id) is None:
+        return None
+    subject = fields.get(b"subject")
+    if subject is not None and b"=?" in subject:
+        return None
+    return _summary(
+        message_id.decode("ascii") if message_id else None,
+        subject.decode("utf-8", "replace") if subject is not None else None,
+    )
 
 
 def _inspect(scan: ScanFn, data: bytes) -> tuple[tuple[str | None, str | None], Verdict]:

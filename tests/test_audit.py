@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 
 from relay import audit as audit_module
 from relay.audit import AuditLog
-from relay.handler import header_summary
+from relay.handler import _plain_header_summary, header_summary, parsed_header_summary
 from tests.conftest import StartRelay, WriteConfig
 from tests.support import MESSAGE, VIOLATION, RunningRelay, Sink
 
@@ -147,6 +148,77 @@ def test_header_summary_reads_only_the_header_block(
     data: bytes, expected: tuple[str | None, str | None]
 ) -> None:
     assert header_summary(data) == expected
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"From: a@b\r\nSubject: Re: Your order 114-1\r\nMessage-ID: <p.1@shop.example>\r\n\r\nx",
+        b"Subject:\r\n  folded\r\n\tthree\r\nMessage-Id:  <a@b>  \r\n\r\n",
+        b"SUBJECT: caf\xc3\xa9 \xff broken UTF-8\r\n\r\n",
+        b"Subject: first\r\nSubject: second\r\n\r\n",
+        b"X-Note: a\r\n continued\r\nnot a header\r\nSubject: in the body\r\n\r\n",
+    ],
+    ids=["plain", "folded", "raw-utf8", "repeated", "ends-early"],
+)
+def test_plain_headers_are_read_directly_with_the_parsers_values(data: bytes) -> None:
+    assert _plain_header_summary(data) is not None
+    assert header_summary(data) == parsed_header_summary(data)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"Subject: =?utf-8?q?caf=C3=A9?=\r\n\r\n",
+        b"Message-ID: <a@b> (comment)\r\n\r\n",
+        b"Message-ID: not an id\r\n\r\n",
+        b"From sender Fri Nov 27 2026\r\nSubject: mbox\r\n\r\n",
+        b" continuation first\r\nSubject: x\r\n\r\n",
+        b": no name\r\n continued\r\nSubject: x\r\n\r\n",
+        b"Subject: bare\nLF\r\n\r\n",
+    ],
+    ids=[
+        "encoded-word",
+        "id-comment",
+        "id-invalid",
+        "unix-from",
+        "lead-cont",
+        "no-name",
+        "bare-lf",
+    ],
+)
+def test_other_headers_take_the_email_parser(data: bytes) -> None:
+    assert _plain_header_summary(data) is None
+    assert header_summary(data) == parsed_header_summary(data)
+
+
+def test_header_summary_matches_the_email_parser_on_random_header_blocks() -> None:
+    """Header blocks built from awkward pieces: the direct reading never differs."""
+    rng = random.Random(2026)
+    names = [b"Subject", b"SUBJECT", b"Message-ID", b"message-id", b"X-Foo", b"", b"Sub ject"]
+    pieces = [
+        *(b"hello", b" ", b"\t", b"=?utf-8?q?caf=C3=A9?=", b"=?", b"=", b"<", b">", b"@"),
+        *(b".", b"..", b'"', b"(", b")", b"\\", b"\xc3\xa9", b"\xff", b"\x01", b"\x0b"),
+        *(b"\x1c", b"\xc2\xa0", b"<abc@def.ghi>", b"<a.b@c>", b"[1.2.3.4]", b":", b"From "),
+    ]
+
+    def line() -> bytes:
+        value = b"".join(rng.choice(pieces) for _ in range(rng.randint(0, 6)))
+        kind = rng.random()
+        if kind < 0.12:
+            return rng.choice([b" ", b"\t"]) + value
+        if kind < 0.17:
+            return rng.choice([b"", b"From "]) + value
+        return rng.choice(names) + b":" + value
+
+    fast = 0
+    for _ in range(5000):
+        lines = [line() for _ in range(rng.randint(0, 8))]
+        ends = [rng.choice([b"\r\n"] * 20 + [b"\n", b"\r"]) for _ in lines]
+        data = b"".join(a + b for a, b in zip(lines, ends, strict=True)) + b"\r\nSubject: body\r\n"
+        fast += _plain_header_summary(data) is not None
+        assert header_summary(data) == parsed_header_summary(data), data
+    assert fast > 1000  # the comparison covered the direct reading, not only the fallback
 
 
 def read_lines(path: Path) -> list[dict[str, object]]:
