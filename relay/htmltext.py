@@ -46,6 +46,12 @@ _QUOTE_CLASSES = frozenset(
 )
 _REPLY_MARKER_IDS = ("appendonsend", "divrplyfwdmsg")
 _CONTACT_SCHEMES = ("mailto:", "tel:", "sms:", "callto:")
+# The line breaks a block element asks for where it starts and where it ends.
+_BLOCK_BREAKS = {**dict.fromkeys(_LINE_TAGS, 1), **dict.fromkeys(_PARAGRAPH_TAGS, 2)}
+# Elements whose content `_render_plain` leaves to the renderer: preformatted or skipped as
+# markup (script and style bodies it skips itself).
+_HANDED_OVER_TAGS = _PREFORMATTED_TAGS | (_SKIPPED_TAGS - {"script", "style"})
+_NO_ATTRIBUTES: dict[str, str] = {}  # never written to
 
 FORWARD_MARKERS = (
     "forwarded message",
@@ -102,6 +108,10 @@ _PLAIN_MARKUP = re.compile(
     r")"
 )
 _PLAIN_END_TAG = re.compile(r"</([a-zA-Z][-a-zA-Z0-9_:.]*)[ \t\n\r\f]*>")
+# The text up to a tag and the tag, in one match (`_render_plain`). Possessive: on markup
+# outside the subset the match fails at once instead of giving back the text character by
+# character.
+_PLAIN_TOKEN = re.compile(r"(?P<data>[^<]*+)" + _PLAIN_MARKUP.pattern)
 # Bodies the stdlib parser reads as text up to their end tag.
 _RAW_TEXT_TAGS = frozenset({"script", "style"})
 # Elements whose bodies some Python versions' parsers read as text and others as markup.
@@ -124,18 +134,133 @@ def html_to_text(html: str, *, strip_quotes: bool = False, forward: bool = False
     Never raises on malformed markup: the stdlib parser recovers from unclosed and stray tags.
     """
     html = _defuse(html)
+    text = _render_plain(html, strip_quotes=strip_quotes, forward=forward)
+    if text is not None:
+        return text
     renderer = _Renderer(strip_quotes=strip_quotes, forward=forward)
-    if not _feed_plain(renderer, html):
-        renderer = _Renderer(strip_quotes=strip_quotes, forward=forward)
-        try:
-            renderer.feed(html)
-            renderer.close()
-        except Exception:  # the stdlib parser asserts on some malformed declarations
-            return _crude_text(html)
+    try:
+        renderer.feed(html)
+        renderer.close()
+    except Exception:  # the stdlib parser asserts on some malformed declarations
+        return _crude_text(html)
     return renderer.text()
 
 
-def _feed_plain(parser: HTMLParser, html: str) -> bool:
+def _render_plain(html: str, *, strip_quotes: bool, forward: bool) -> str | None:
+    """Render `html` as `_Renderer` does when `_feed_plain` reads it; None when it cannot.
+
+    Most mail is plain markup whose rendering needs no more than the open elements and the
+    pending line breaks: no quote container, no skipped or preformatted element, no contact
+    link. For that part of a document, this loop does the tokenizer's and the renderer's work
+    in one place, without a method call per tag. At the first tag that needs more, it hands
+    its state to a `_Renderer` and lets `_feed_plain` go on from there; None when that fails
+    (markup outside the plain subset), for the caller to start over with the stdlib parser.
+    """
+    chunks: list[str] = []
+    emit = chunks.append
+    open_tags: list[str] = []
+    open_count: dict[str, int] = {}
+    pending = 0  # the line breaks asked for before the next text
+    # Mail repeats the same attributes on tag after tag (style="font-family:...").
+    known: dict[str, tuple[dict[str, str], bool]] = {}
+    match_token = _PLAIN_TOKEN.match
+    block_breaks = _BLOCK_BREAKS
+    position = 0
+    try:
+        while True:
+            match = match_token(html, position)
+            if match is None:
+                rest = html[position:]
+                if "<" in rest:
+                    return None  # markup outside the plain subset: `_feed_plain` fails there too
+                data = _flow(unescape(rest) if "&" in rest else rest)
+                if data:
+                    if pending:
+                        emit("\n" * pending)
+                    emit(data)
+                # What is still open would close with line breaks only, after the last text.
+                return _tidy("".join(chunks))
+            data, tag, attributes, close, end_tag = match.group(
+                "data", "start", "attrs", "close", "end"
+            )
+            if data:
+                data = _flow(unescape(data) if "&" in data else data)
+                if data:
+                    if pending:
+                        emit("\n" * pending)
+                        pending = 0
+                    emit(data)
+            if tag is not None:
+                tag = tag.lower()
+                if tag in _PLAIN_REFUSED:
+                    return None
+                named = _NO_ATTRIBUTES
+                if attributes:
+                    if attributes not in known:
+                        named = {name: value or "" for name, value in _plain_attributes(attributes)}
+                        known[attributes] = (named, _is_quote_marker(named))
+                    named, quoting = known[attributes]
+                    if quoting and strip_quotes:
+                        break
+                void = bool(close) or tag in _VOID_TAGS
+                if tag in _RAW_TEXT_TAGS and not void:
+                    # Skipped whole: the renderer's state is the same after it as before.
+                    body = _raw_text(html, match.end(), tag)
+                    if body is None:
+                        return None
+                    position = body[1]
+                    continue
+                if (
+                    (tag in _HANDED_OVER_TAGS and not void)
+                    or (tag == "blockquote" and strip_quotes)
+                    or (tag == "a" and _is_contact_link(named))
+                ):
+                    break
+                breaks = block_breaks.get(tag)
+                if breaks is not None:
+                    if breaks > pending:
+                        pending = breaks
+                elif tag == "br":
+                    pending += 1
+                elif tag in _CELL_TAGS:
+                    if pending:
+                        emit("\n" * pending)
+                        pending = 0
+                    emit(" ")
+                if tag == "img" and named.get("alt"):
+                    if pending:
+                        emit("\n" * pending)
+                        pending = 0
+                    emit(named["alt"])
+                if not void:
+                    open_tags.append(tag)
+                    open_count[tag] = open_count.get(tag, 0) + 1
+            elif end_tag is not None:
+                end_tag = end_tag.lower()
+                if open_count.get(end_tag):
+                    while open_tags:
+                        closed = open_tags.pop()
+                        open_count[closed] -= 1
+                        breaks = block_breaks.get(closed)
+                        if breaks is not None and breaks > pending:
+                            pending = breaks
+                        if closed == end_tag:
+                            break
+                elif end_tag == "br":
+                    pending += 1  # browsers treat a stray </br> as <br>
+            # Comments, doctype and processing instructions: the renderer ignores them.
+            position = match.end()
+    except Exception:  # as in `_feed_plain`: the stdlib path gives the same outcome its own way
+        return None
+    # A tag that needs the whole renderer: it goes on from that tag, with the state so far.
+    renderer = _Renderer(strip_quotes=strip_quotes, forward=forward)
+    renderer.take_over(chunks, open_tags, open_count, pending)
+    if not _feed_plain(renderer, html, match.end("data")):
+        return None
+    return renderer.text()
+
+
+def _feed_plain(parser: HTMLParser, html: str, start: int = 0) -> bool:
     """Feed `parser` the events the stdlib tokenizer would, if `html` is plainly written.
 
     The stdlib tokenizer costs several regex matches and Python calls per tag; one match per
@@ -144,14 +269,15 @@ def _feed_plain(parser: HTMLParser, html: str) -> bool:
     instructions, script and style bodies without `</` in them. Within that subset the stdlib
     parser (of any recent Python version) calls its handlers with exactly these arguments. At
     the first construct outside it, returns False: the caller starts over with the stdlib
-    parser on a fresh handler.
+    parser on a fresh handler. `start` is where to go on from, at a tag or text (not inside
+    one), with `parser` in the state the markup before it leaves.
     """
     handle_data = parser.handle_data
     find = html.find
     match_markup = _PLAIN_MARKUP.match
     # Mail repeats the same attributes on tag after tag (style="font-family:...").
     parsed: dict[str, list[tuple[str, str | None]]] = {}
-    position = 0
+    position = start
     end = len(html)
     try:
         while position < end:
@@ -210,19 +336,31 @@ def _plain_attributes(text: str) -> list[tuple[str, str | None]]:
 def _feed_raw_text(parser: HTMLParser, html: str, start: int, tag: str) -> int:
     """Feed a script or style body as the stdlib does (as it is), then its end tag.
 
-    Returns where the markup goes on, or -1 when the body is not plain: it holds `</` before
-    its end tag (or, for a script, `<!--`, which newer parsers treat specially).
+    Returns where the markup goes on, or -1 when the body is not plain (see `_raw_text`).
     """
-    closing = html.find("</", start)
-    if closing < 0 or (tag == "script" and "<!--" in html[start:closing]):
+    body = _raw_text(html, start, tag)
+    if body is None:
         return -1
-    match = _PLAIN_END_TAG.match(html, closing)
-    if match is None or match.group(1).lower() != tag:
-        return -1
+    closing, after = body
     if closing > start:
         parser.handle_data(html[start:closing])
     parser.handle_endtag(tag)
-    return match.end()
+    return after
+
+
+def _raw_text(html: str, start: int, tag: str) -> tuple[int, int] | None:
+    """Where a script or style body from `start` ends, and where its end tag does.
+
+    None when the body is not plain: it holds `</` before its end tag (or, for a script,
+    `<!--`, which newer parsers treat specially).
+    """
+    closing = html.find("</", start)
+    if closing < 0 or (tag == "script" and "<!--" in html[start:closing]):
+        return None
+    match = _PLAIN_END_TAG.match(html, closing)
+    if match is None or match.group(1).lower() != tag:
+        return None
+    return closing, match.end()
 
 
 def _defuse(html: str) -> str:
@@ -263,6 +401,54 @@ def _crude_text(html: str) -> str:
     """Last resort for markup the parser gives up on: drop tags, resolve entities."""
     text = unescape(_ANY_TAG.sub("", html))
     return _MANY_NEWLINES.sub("\n\n", _MULTI_SPACE.sub(" ", text)).strip()
+
+
+def _flow(data: str) -> str:
+    """Text outside preformatted elements as it flows: spaces collapsed, line breaks soft."""
+    if "\n" in data:
+        # Usually every line break stands alone, between two words: one replace does.
+        if _SPACE_BESIDE_BREAK.search(data):
+            data = _soft_breaks(data)
+        else:
+            data = data.replace("\n", _SOFT_BREAK)
+    # Most text has single spaces only, which the substitution would leave as they are.
+    if "  " in data or "\t" in data or "\r" in data or "\f" in data:
+        data = _SPACE_RUN.sub(" ", data)
+    return data
+
+
+def _tidy(joined: str) -> str:
+    """The rendered text: soft breaks resolved, spaces around line breaks and blank lines gone."""
+    raw = joined.replace(_SOFT_BREAK, " ")
+    if not raw.isascii():  # else there is no Japanese or Chinese character to join
+        raw = _SOFT_BREAK_BETWEEN_CJK.sub(r"\1", joined).replace(_SOFT_BREAK, " ")
+    # Each substitution tries every position of a long text: skip those with nothing to do.
+    if "\t" in raw or _SPACE_BESIDE_NEWLINE.search(raw):
+        raw = _strip_around_newlines(raw)
+    if "\t" in raw or "  " in raw:
+        raw = _MULTI_SPACE.sub(" ", raw)
+    return _MANY_NEWLINES.sub("\n\n", raw).strip()
+
+
+def _is_reply_marker(attrs: dict[str, str]) -> bool:
+    """Outlook's marker of where the original being replied to starts."""
+    return "id" in attrs and attrs["id"].lower().endswith(_REPLY_MARKER_IDS)
+
+
+def _has_quote_class(attrs: dict[str, str]) -> bool:
+    if "class" not in attrs:
+        return False
+    classes = set(attrs["class"].lower().split())
+    return any(cls.removeprefix("x_") in _QUOTE_CLASSES for cls in classes)
+
+
+def _is_quote_marker(attrs: dict[str, str]) -> bool:
+    """Whether, quotes stripped, these attributes open a quote container or the reply marker."""
+    return _is_reply_marker(attrs) or _has_quote_class(attrs)
+
+
+def _is_contact_link(attrs: dict[str, str]) -> bool:
+    return attrs.get("href", "").strip().lower().startswith(_CONTACT_SCHEMES)
 
 
 class _Capture:
@@ -315,29 +501,21 @@ class _Renderer(HTMLParser):
     def text(self) -> str:
         while self._captures:
             self._end_capture()
-        joined = "".join(self._main)
-        raw = joined.replace(_SOFT_BREAK, " ")
-        if not raw.isascii():  # else there is no Japanese or Chinese character to join
-            raw = _SOFT_BREAK_BETWEEN_CJK.sub(r"\1", joined).replace(_SOFT_BREAK, " ")
-        # Each substitution tries every position of a long text: skip those with nothing to do.
-        if "\t" in raw or _SPACE_BESIDE_NEWLINE.search(raw):
-            raw = _strip_around_newlines(raw)
-        if "\t" in raw or "  " in raw:
-            raw = _MULTI_SPACE.sub(" ", raw)
-        return _MANY_NEWLINES.sub("\n\n", raw).strip()
+        return _tidy("".join(self._main))
+
+    def take_over(
+        self, main: list[str], open_tags: list[str], open_count: dict[str, int], pending: int
+    ) -> None:
+        """Go on from the state `_render_plain` reached: text so far, open elements, breaks."""
+        self._main = main
+        self._open = open_tags
+        self._open_count = open_count
+        self._pending_breaks = pending
 
     # Quote containers ---------------------------------------------------------------------
 
     def _is_quote_container(self, tag: str, attrs: dict[str, str]) -> bool:
-        if tag == "blockquote":
-            return True
-        if "class" not in attrs:
-            return False
-        classes = set(attrs["class"].lower().split())
-        return any(cls.removeprefix("x_") in _QUOTE_CLASSES for cls in classes)
-
-    def _is_reply_marker(self, attrs: dict[str, str]) -> bool:
-        return "id" in attrs and attrs["id"].lower().endswith(_REPLY_MARKER_IDS)
+        return tag == "blockquote" or _has_quote_class(attrs)
 
     def _end_capture(self) -> None:
         capture = self._captures.pop()
@@ -372,7 +550,7 @@ class _Renderer(HTMLParser):
             self._push(tag)
             self._skip_depth = len(self._open)
             return
-        if self._strip_quotes and self._is_reply_marker(attrs):
+        if self._strip_quotes and _is_reply_marker(attrs):
             # Outlook: everything from here to the end is the original being replied to.
             self._captures.append(_Capture(depth=-1, keep_if_forward=True, keep=self._forward))
         if tag == "br":
@@ -385,10 +563,9 @@ class _Renderer(HTMLParser):
             self._emit(" ")
         if tag == "img" and attrs.get("alt"):
             self._emit(attrs["alt"])
-        if tag == "a":
-            target = attrs.get("href", "").strip()
-            if target.lower().startswith(_CONTACT_SCHEMES):
-                self._links.append((target, len(self._captures), len(self._out())))
+        if tag == "a" and _is_contact_link(attrs):
+            target = attrs["href"].strip()
+            self._links.append((target, len(self._captures), len(self._out())))
         if void:
             return
         self._push(tag)
@@ -436,19 +613,7 @@ class _Renderer(HTMLParser):
     def handle_data(self, data: str) -> None:
         if self._skip_depth is not None:
             return
-        if self._pre:
-            self._emit(data)
-            return
-        if "\n" in data:
-            # Usually every line break stands alone, between two words: one replace does.
-            if _SPACE_BESIDE_BREAK.search(data):
-                data = _soft_breaks(data)
-            else:
-                data = data.replace("\n", _SOFT_BREAK)
-        # Most text has single spaces only, which the substitution would leave as they are.
-        if "  " in data or "\t" in data or "\r" in data or "\f" in data:
-            data = _SPACE_RUN.sub(" ", data)
-        self._emit(data)
+        self._emit(data if self._pre else _flow(data))
 
     def close(self) -> None:
         super().close()

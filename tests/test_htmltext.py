@@ -9,7 +9,7 @@ from html.parser import HTMLParser
 import pytest
 
 from bench.traffic import make_message
-from relay.htmltext import _crude_text, _feed_plain, html_to_text
+from relay.htmltext import _crude_text, _defuse, _feed_plain, _render_plain, _Renderer, html_to_text
 
 
 def test_inline_tags_do_not_split_words() -> None:
@@ -277,3 +277,67 @@ def test_random_plain_markup_gives_the_stdlib_events() -> None:
             plain += 1
             assert recorder.events == _stdlib_events(html), html
     assert plain > 1000
+
+
+def _stdlib_text(html: str, *, strip_quotes: bool, forward: bool) -> str:
+    """What the renderer makes of `html` with every event from the stdlib tokenizer."""
+    renderer = _Renderer(strip_quotes=strip_quotes, forward=forward)
+    renderer.feed(_defuse(html))
+    renderer.close()
+    return renderer.text()
+
+
+# Pieces for the fused loop and for each reason it hands over to the renderer (quote
+# containers, the reply marker, contact links, preformatted and template elements) or gives up.
+_RENDER_PIECES = [
+    "<p>", "</p>", "<div>", "</div>", "<br>", "<br/>", "</br>", "<b>", "</B>", "<td>", "</td>",
+    "<tr>", "</tr>", "<table width=600>", "</table>", "<li>", "</li>", "<h1>", "</h1>",
+    "<span style='font-size:14px'>", "</span>", "<hr>", "<img src=a.png>", "<img alt='A&amp;B'/>",
+    "<img alt=''>", "<a href='https://shop.example'>", "<a href=\"mailto:help@shop.example\">",
+    "<a href='tel:+15550100'>", "</a>", "<blockquote>", "</blockquote>",
+    "<div class='gmail_quote'>", "<div class='x_gmail_quote other'>", "<div id='divRplyFwdMsg'>",
+    "<hr id=x_appendonsend>", "<pre>", "</pre>", "<pre/>", "<listing>", "</listing>",
+    "<template>", "</template>", "<template/>", "<style>p {}</style>", "<style/>",
+    "<script>1</script>", "<script/>", "<!-- c -->", "<!DOCTYPE html>", "<?xml x?>",
+    "text", "five stars", " ", "\n", "  \n  ", "\t", "\r", "\f", "&amp;", "&nbsp;", "&#10;",
+    "&#13;", "AT&T", "日本", "語", "\xa0", "\u3000", "---------- Forwarded message ---------",
+    "On Mon, Jan 1, 2024 Sam <s@x.example> wrote:", "<title>t</title>", "<p", "</", "<",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("strip_quotes", "forward"), [(False, False), (True, False), (True, True)])
+def test_fused_rendering_gives_the_stdlib_parsers_text(strip_quotes: bool, forward: bool) -> None:
+    rng = random.Random(7)
+    fused = handed_over = 0
+    for _ in range(1500):
+        html = "".join(rng.choice(_RENDER_PIECES) for _ in range(rng.randint(0, 40)))
+        expected = _stdlib_text(html, strip_quotes=strip_quotes, forward=forward)
+        assert html_to_text(html, strip_quotes=strip_quotes, forward=forward) == expected, html
+        if _render_plain(_defuse(html), strip_quotes=strip_quotes, forward=forward) is not None:
+            fused += 1
+            handed_over += any(tag in html for tag in ("<blockquote", "<pre>", "mailto:", "<templ"))
+    # Both ways through `_render_plain` are taken often: on its own and handing over.
+    assert fused > 500
+    assert handed_over > 250
+
+
+def test_fused_rendering_of_the_benchmark_message() -> None:
+    html = _bench_html()
+    expected = _stdlib_text(html, strip_quotes=True, forward=False)
+    assert _render_plain(_defuse(html), strip_quotes=True, forward=False) == expected
+
+
+@pytest.mark.parametrize(
+    "html",
+    [
+        "<p>fine</p><![CDATA[x]]>",  # markup outside the plain subset, at the end
+        "<p>fine</p><a b='c'd='e'>x</a>",
+        "<p>fine</p><title>t</title>",
+        "<p>fine</p><script>a = '</b>';</script>",
+        "<p>fine</p><blockquote>x</blockquote><a b=c=d>y</a>",  # after handing over
+    ],
+)
+def test_fused_rendering_gives_up_where_the_plain_subset_ends(html: str) -> None:
+    assert _render_plain(_defuse(html), strip_quotes=True, forward=False) is None
+    expected = _stdlib_text(html, strip_quotes=True, forward=False)
+    assert html_to_text(html, strip_quotes=True) == expected
