@@ -71,11 +71,15 @@ _HEADER_LABELS = frozenset(
 )  # fmt: skip
 _HEADER_LOOKAHEAD = 5
 
-# Every check below needs one of these characters on the line: a quote mark, the first character
-# of a separator or marker, a marker's trailing dash, or the colon that ends an attribution or a
-# header label. A line without any of them is always kept, so it need not be looked at alone.
-_SIGNIFICANT = (">", "-", "_", "=", "*", ":", "：")
+# Every check below needs one of these on the line: a quote mark, the first character of a
+# separator or marker (all at the start of the line), a marker's trailing dash, or the colon that
+# ends an attribution or a header label (anywhere). A line without them is always kept, so it
+# need not be looked at alone.
+_LINE_OPENERS = (">", "-", "_", "=", "*")
 _COLONS = (":", "：")
+_SIGNIFICANT = _LINE_OPENERS + _COLONS
+# What strip_quotes drops from the end: blank lines and the rule above an Outlook header block.
+_TAIL = " \t_-=*"
 # An attribution may be wrapped over up to three lines, the last one ending with its colon.
 _ATTRIBUTION_REACH = 2
 
@@ -93,7 +97,12 @@ def strip_quotes(text: str, *, forward: bool = False) -> str:
     """Return `text` without quoted reply lines, attribution lines and the quoted original."""
     candidates = _candidate_lines(text)
     if not candidates:
-        return _without_blank_tail(text)
+        return _without_tail(text)
+    return _strip(text, candidates, forward=forward)
+
+
+def _strip(text: str, candidates: list[int], *, forward: bool) -> str:
+    """`strip_quotes`, checking only the lines whose indexes are in the sorted `candidates`."""
     lines = text.split("\n")
     kept: list[str] = []
     in_forward = forward
@@ -125,17 +134,14 @@ def strip_quotes(text: str, *, forward: bool = False) -> str:
                     break
         kept.append(line)
         index += 1
-    while kept and not kept[-1].strip(" \t_-=*"):
+    while kept and not kept[-1].strip(_TAIL):
         kept.pop()  # the rule above an Outlook header block, trailing blank lines
     return "\n".join(kept)
 
 
-def _without_blank_tail(text: str) -> str:
-    """`text` without its trailing lines of spaces and tabs (what strip_quotes drops at the end).
-
-    Only for text without `_`, `-`, `=` or `*`, the other characters a dropped tail may hold.
-    """
-    content_end = len(text.rstrip(" \t\n"))
+def _without_tail(text: str) -> str:
+    """`text` without the trailing lines that strip_quotes drops (blank, or a rule of `-`...)."""
+    content_end = len(text.rstrip(_TAIL + "\n"))
     if not content_end:
         return ""
     line_end = text.find("\n", content_end)
@@ -146,10 +152,11 @@ def _candidate_lines(text: str) -> list[int]:
     """The sorted indexes of the lines of `text` that a quote, marker or attribution check may hit.
 
     A search per character and per line holding it, instead of Python checks on every line: in
-    most messages only a few lines hold a quote mark, a dash or a colon. A line with a colon
-    also makes the lines above it candidates, where an attribution wrapped over several lines
-    would start. `str.find` per character, not one regex with a character class: the class is
-    tested character by character, the plain search skips ahead many times faster.
+    most messages only a few lines hold a quote mark, a dash or a colon, and fewer start with
+    one (a hyphenated word is no candidate). A line with a colon also makes the lines above it
+    candidates, where an attribution wrapped over several lines would start. `str.find` per
+    character, not one regex with a character class: the class is tested character by
+    character, the plain search skips ahead many times faster.
     """
     has_colon: dict[int, bool] = {}  # line start offset -> whether the line holds a colon
     for char in _SIGNIFICANT:
@@ -157,8 +164,13 @@ def _candidate_lines(text: str) -> list[int]:
         position = text.find(char)
         while position >= 0:
             line_start = text.rfind("\n", 0, position) + 1
-            has_colon[line_start] = colon or has_colon.get(line_start, False)
             line_end = text.find("\n", position)
+            if colon:
+                has_colon[line_start] = True
+            elif line_start not in has_colon:
+                stripped = text[line_start : line_end if line_end >= 0 else len(text)].strip()
+                if stripped.startswith(_LINE_OPENERS) or stripped.endswith("-"):
+                    has_colon[line_start] = False
             if line_end < 0:
                 break
             position = text.find(char, line_end + 1)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
-from relay.quotes import is_forward_subject, strip_quotes
+from relay.quotes import _strip, is_forward_subject, strip_quotes
 
 SELLER = "Thanks for your order, Sam.\nWe shipped it today."
 BUYER = "Where is my parcel? I will leave 1 star."
@@ -192,3 +194,34 @@ def test_long_input_is_handled_linearly() -> None:
 )
 def test_blank_tail_goes_but_line_ends_stay(text: str, expected: str) -> None:
     assert strip_quotes(text) == expected
+
+
+# Lines that trip each check, lines that almost do, and lines that only look like them.
+_LINES = [
+    "Thanks for your order.", "Buyer-Seller Messaging", "a 5-star review", "pre-paid and well-",
+    "well -", "> quoted", "  > indented quote", "\u3000> quoted", ">>> SALE <<<", "x > y", "",
+    "   ", "\t", "-- ", "---", "___", "= = =", "**", "*From:* Sam", "a_b", "1 = 1", "2 * 3",
+    "-----Original Message-----", "----- Ursprüngliche Nachricht -----",
+    "---------- Forwarded message ---------", "Forwarded message:", "Begin forwarded message:",
+    "Forwarded message -----",
+    "From: Sam Buyer <sam@buyer.example>", "Sent: Monday, June 3, 2024 10:00",
+    "To: shop@seller.example", "Subject: Re: order", "Von: Sam", "Gesendet: Montag", "An: x",
+    "On Mon, Jun 3, 2024 at 10:00 AM Sam <sam@buyer.example> wrote:", "On Monday 3 June 2024",
+    "Sam Buyer <sam@buyer.example>", "wrote:", "Here is what our team wrote:", "Note: ok",
+    "2024年6月3日(月) 10:00 山田 <y@example.jp>:", "山田さんは書きました：", "件名：注文",
+    "Le lun. 3 juin 2024, Sam a écrit :", "time 10:00 sharp", "a\rb", "\xa0-\xa0",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("forward", [False, True])
+def test_only_candidate_lines_can_change_the_outcome(forward: bool) -> None:
+    # The candidate filter is an optimization only: checking every line gives the same text.
+    rng = random.Random(3)
+    changed = 0
+    for _ in range(3000):
+        text = "\n".join(rng.choice(_LINES) for _ in range(rng.randint(0, 12)))
+        every_line = list(range(text.count("\n") + 1))
+        expected = _strip(text, every_line, forward=forward)
+        assert strip_quotes(text, forward=forward) == expected, text
+        changed += expected != text
+    assert changed > 1000
