@@ -277,6 +277,23 @@ def test_parts_are_separate(tmp_path: Path) -> None:
     assert hits(ruleset, "hello", subject="a positive review")
 
 
+def test_alternatives_that_read_the_same_share_one_key() -> None:
+    """The translate shortcut gives the words-and-blank-lines key exactly, or is not taken."""
+    from relay.engine import _BLANK_LINE_RE, _alternative_key
+
+    def split_key(text: str) -> str:
+        return " ".join(_BLANK_LINE_RE.sub("\x00", text).split())
+
+    assert _alternative_key("Hello  there,\r\nbuyer.\n \nBye ") == "Hello there, buyer.\x00Bye"
+    assert _alternative_key("Hello there, buyer.\n\nBye") == "Hello there, buyer.\x00Bye"
+    pieces = ["a", "bc", " ", "  ", "\n", "\t", "\r\n", "\x0b", "\x0c", "\x1c", "\x1f", "\x00"]
+    pieces += ["\u3000", "\xa0", "\x85", "é", ".", " \n\n ", "\n \n"]
+    rng = random.Random(7)
+    for _ in range(20_000):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 14)))
+        assert _alternative_key(text) == split_key(text), repr(text)
+
+
 def test_within(tmp_path: Path) -> None:
     ruleset = rule_pack(tmp_path, 'all: ["positive", "review"]\nany: ["leave", "give"]\nwithin: 3')
     assert matches(ruleset, "please leave a positive review")
