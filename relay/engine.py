@@ -321,6 +321,9 @@ class _Part:
         """Cheap check before any positions are computed: could the item match at all?"""
         return self.ruleset.item_plans[id(item)].index in self.possible()
 
+    def set_possible(self, possible: set[int]) -> None:
+        self._possible = possible
+
     def possible(self) -> set[int]:
         """The indices of the items that could match, from the candidate words alone."""
         if self._possible is None:
@@ -365,12 +368,19 @@ class _ItemIndex:
 
     def possible_items(self, present: Set[int], builtin_occs: Mapping[str, list[_Occ]]) -> set[int]:
         """Items all of whose words of some term are `present` (a set or a dict's keys)."""
+        if not isinstance(present, (set, frozenset)):
+            present = set(present)  # a set's subset test is a third faster than a keys view's
         possible: set[int] = set()
+        single, multi = self.single, self.multi
         for pid in present:
-            possible.update(self.single.get(pid, ()))
-            for pids, index in self.multi.get(pid, ()):
-                if index not in possible and pids <= present:
-                    possible.add(index)
+            items = single.get(pid)
+            if items is not None:
+                possible.update(items)
+            terms = multi.get(pid)
+            if terms is not None:
+                for pids, index in terms:
+                    if index not in possible and pids <= present:
+                        possible.add(index)
         for name, occs in builtin_occs.items():
             if occs:
                 possible.update(self.builtins.get(name, ()))
@@ -820,6 +830,9 @@ class RuleSet:
             part.ranges = plan.ranges
         if scanner is not None:
             scanner.scan_words(part.norm, part.atoms, part.ranges)
+        if plan.ranges is None:
+            # Placed in the whole text, the part has the very words it counted.
+            part.set_possible(present)
         return part
 
     def _holds_somewhere(

@@ -867,6 +867,22 @@ def test_sentence_starts_and_runs_agree_on_every_corpus_body() -> None:
             assert count_runs(bare) == Counter(RUN_RE.findall(bare)), item.id
 
 
+def test_a_part_placed_whole_keeps_the_items_its_census_found() -> None:
+    """Placed in the whole text, a part's words are those it counted: no second lookup."""
+    from tests.corpus.build import load_corpus
+
+    ruleset = load_rules([bundled_rules_path()])
+    checked = 0
+    for item in load_corpus():
+        part = ruleset._prepare(item.body, ruleset.rules)
+        if part is None or part.ranges != ((0, len(part.norm.text)),):
+            continue
+        recomputed = ruleset.index.possible_items(set(part.atoms), part.builtin_occs)
+        assert part.possible() == recomputed, item.id
+        checked += 1
+    assert checked > 50
+
+
 def test_made_up_words_of_a_prefix_are_placed_in_one_pass(tmp_path: Path) -> None:
     """Thousands of distinct words of one prefix cannot cost a regex each."""
     from itertools import product
