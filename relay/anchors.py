@@ -14,6 +14,7 @@ import bisect
 import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING
 
 from relay.rulepack import Item, Rule, Scope, Term
@@ -93,6 +94,7 @@ class Regions:
         # Keyed by id(): groups live as long as the rule set, and hashing them is slow.
         self._units: dict[tuple[Scope, int], set[int]] = {}
         self._rarest_words: dict[int, frozenset[int]] = {}
+        self._places: dict[int, list[int]] = {}
 
     def of(self, rules: Sequence[Rule], anchors: Mapping[int, Anchor]) -> Plan:
         """The rules that may still match, where to look for their words, and what can wait.
@@ -119,12 +121,25 @@ class Regions:
                 if scope is Scope.MESSAGE:
                     clause_units.append(None)
                     continue
+                ordered = sorted(groups, key=size)
+                within: set[int] | None = None
+                if scope is Scope.SENTENCE and not self.part.sentences().complete:
+                    # A sentence lies inside one paragraph: first the paragraphs where every
+                    # group meets, then only their sentences (their breaks found then).
+                    for group in ordered:
+                        found = self._group_units(Scope.PARAGRAPH, group)
+                        within = set(found) if within is None else within & found
+                        if not within:
+                            break
                 units: set[int] | None = None
-                for group in sorted(groups, key=size):
-                    found = self._group_units(scope, group)
-                    units = set(found) if units is None else units & found
-                    if not units:
-                        break
+                if within is None or within:
+                    for group in ordered:
+                        found = self._group_units(scope, group, within)
+                        units = set(found) if units is None else units & found
+                        if not units:
+                            break
+                else:
+                    units = set()
                 if units is not None and not units:
                     break  # this clause holds nowhere: neither does the rule
                 # (a clause without words, not written by packs today, may hold anywhere)
@@ -147,6 +162,14 @@ class Regions:
         ranges = []
         for units in wanted:
             for scope, found in units.items():
+                if scope is Scope.SENTENCE:
+                    sentences = self.part.sentences()
+                    for name in found:
+                        # Sentence `name` holds low < p <= name; its break starts with
+                        # punctuation or a line break, so no word runs across the range end.
+                        low, high = sentences.bounds(name)
+                        ranges.append((low + 1, min(high + 1, len(self.text))))
+                    continue
                 starts = self._starts(scope)
                 for unit in found:
                     # Unit k holds the positions p with starts[k - 1] < p <= starts[k] (the
@@ -177,26 +200,41 @@ class Regions:
             found = self._rarest_words[id(group)] = frozenset(chosen)
         return found
 
-    def _group_units(self, scope: Scope, group: Group) -> set[int]:
+    def _group_units(self, scope: Scope, group: Group, within: set[int] | None = None) -> set[int]:
+        """The units of `scope` holding a member of `group`: for sentences, those inside the
+        paragraphs `within` only."""
+        if scope is Scope.SENTENCE:
+            places = self._group_positions(group)
+            if within is not None:
+                numbers = map(partial(bisect.bisect_left, self._starts(Scope.PARAGRAPH)), places)
+                places = [p for p, number in zip(places, numbers, strict=True) if number in within]
+            return set(self.part.sentences().of_each(places))
         key = (scope, id(group))
         found = self._units.get(key)
         if found is None:
             starts = self._starts(scope)
             left = bisect.bisect_left
-            found = set()
-            for pid in self._rarest(group):
-                found.update(left(starts, p) for p in self._pattern_positions(pid))
-            for name in group[1]:
-                found.update(left(starts, o.start) for o in self.part.builtin_occs.get(name, ()))
+            found = set(map(partial(left, starts), self._group_positions(group)))
             self._units[key] = found
         return found
 
+    def _group_positions(self, group: Group) -> list[int]:
+        """Where the group's rarest words and its built-ins' matches start."""
+        found = self._places.get(id(group))
+        if found is None:
+            found = []
+            for pid in self._rarest(group):
+                found += self._pattern_positions(pid)
+            for name in group[1]:
+                found += [o.start for o in self.part.builtin_occs.get(name, ())]
+            self._places[id(group)] = found
+        return found
+
     def _starts(self, scope: Scope) -> list[int]:
+        assert scope is Scope.PARAGRAPH
         found = self._breaks.get(scope)
         if found is None:
-            part = self.part
-            starts = part.sentence_starts if scope is Scope.SENTENCE else part.paragraph_starts
-            found = self._breaks[scope] = starts()
+            found = self._breaks[scope] = self.part.paragraph_starts()
         return found
 
     def _pattern_positions(self, pid: int) -> list[int]:

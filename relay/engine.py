@@ -47,6 +47,7 @@ from relay.rulepack import (
     parse_term,
     read_packs,
 )
+from relay.sentences import Sentences
 from relay.wordscan import Census, Scanner
 
 __all__ = [
@@ -114,7 +115,7 @@ class _Part:
         self._possible: set[int] | None = None
         self._by_word: dict[tuple[int, int], _Occ] = {}
         self.alive: list[Rule] = []
-        self._sentence_starts: list[int] | None = None
+        self._sentences: Sentences | None = None
         self._paragraph_starts: list[int] | None = None
         # From the anchor round: rules whose `requires` clauses wait (see Regions.of).
         self.deferred: dict[int, tuple[tuple[Scope, set[int]] | None, ...]] = {}
@@ -122,11 +123,16 @@ class _Part:
         # Where candidates were looked for (the whole text unless the anchors narrowed it).
         self.ranges: Sequence[tuple[int, int]] = ((0, len(norm.text)),)
 
-    def sentence_starts(self) -> list[int]:
-        """Where each sentence break of the text starts, in order (computed once)."""
-        if self._sentence_starts is None:
-            self._sentence_starts = _sentence_starts(self.norm.text)
-        return self._sentence_starts
+    def sentences(self) -> Sentences:
+        """Names the sentence of a position (its breaks found where positions ask)."""
+        if self._sentences is None:
+            self._sentences = Sentences(self.norm.text, self.paragraph_starts())
+        return self._sentences
+
+    def share_breaks(self, other: _Part) -> None:
+        """Use the breaks `other`, a part of the same text, has found (and will find)."""
+        self._paragraph_starts = other.paragraph_starts()
+        self._sentences = other.sentences()
 
     def paragraph_starts(self) -> list[int]:
         """Where each paragraph break of the text starts, in order (computed once)."""
@@ -143,12 +149,11 @@ class _Part:
         pids: Iterable[int],
         partial: Iterable[int] = (),
         sentences: set[int] | None = None,
-        breaks: Sequence[int] = (),
     ) -> None:
         """Places every candidate of `pids`, and those of `partial` inside `sentences` only.
 
-        `sentences` are numbered by `breaks` (starts of sentence breaks), as _SentenceFilter
-        numbers them: the rules that need `partial` can only match inside those sentences.
+        `sentences` are named as `Sentences` names them: the rules that need `partial` can
+        only match inside those sentences.
         """
         occs: list[_Occ] = []
         for pid in pids:
@@ -157,19 +162,17 @@ class _Part:
                 placed = self.occs[pid] = [_Occ(start, end) for start, end in raw]
                 occs.extend(placed)
         if sentences:
-            left, right = bisect.bisect_left, bisect.bisect_right
-            # Sentence k holds the starts s with breaks[k - 1] < s <= breaks[k].
-            last = len(breaks)
-            bounds = sorted(
-                (breaks[k - 1] if k else -1, breaks[k] if k < last else len(self.norm.text))
-                for k in sentences
-            )
+            right = bisect.bisect_right
+            named = self.sentences()
+            # A sentence holds the starts s with low < s <= high.
+            bounds = sorted(named.bounds(name) for name in sentences)
             for pid in partial:
                 raw = self.atoms.get(pid)
                 if not raw:
                     continue
                 if len(raw) <= 4 * len(bounds):
-                    placed = [_Occ(s, e) for s, e in raw if left(breaks, s) in sentences]
+                    of = named.of
+                    placed = [_Occ(s, e) for s, e in raw if of(s) in sentences]
                 else:  # many candidates, few sentences: cut the sorted list at the bounds
                     placed = []
                     for low, high in bounds:
@@ -218,13 +221,12 @@ class _Part:
         # (and twice as fast to find as WORD_START_RE's look-behinds at every letter).
         finditer = _WORD_RE.finditer
         words = [m.start() for begin, end in self.ranges for m in finditer(text, begin, end)]
-        sentences = self.sentence_starts()
         paragraphs = self.paragraph_starts() if self.ruleset.uses_paragraphs else []
         # map() over bisect keeps the loop in C: thousands of positions in a long part.
         left = bisect.bisect_left
         numbers = zip(
             map(partial(left, words), positions),
-            map(partial(left, sentences), positions),
+            self.sentences().of_each(positions),
             map(partial(left, paragraphs), positions),
             strict=True,
         )
@@ -413,47 +415,6 @@ def _count_words(text: str, start: int, end: int, cap: int) -> int:
     return count
 
 
-def _fast_sentence_break_re() -> re.Pattern[str]:
-    """SENTENCE_BREAK_RE, rewritten to open with one character class.
-
-    The regex engine skips ahead to a character of an opening class in C; an alternation
-    that opens with repeats is tried at every position, several times slower. Each
-    alternative keeps its own first character by a look-behind, so the matches (and the
-    order the alternatives are tried in) are the same: see the tests.
-    """
-    pattern = SENTENCE_BREAK_RE.pattern
-    head = r"[.!?\u2026]+"
-    split = pattern.index(r"|[\u3002\uff61]|")
-    after_marks = pattern[len(head) : split]
-    kana_stop, blank_line, bullet = pattern[split + 1 :].split("|", 2)
-    if not (
-        pattern.startswith(head)
-        and kana_stop == r"[\u3002\uff61]"
-        and blank_line.startswith("\\n")
-        and bullet.startswith("\\n")
-    ):
-        raise RuntimeError("SENTENCE_BREAK_RE changed: update _fast_sentence_break_re")
-    return re.compile(
-        r"[.!?\u2026\u3002\uff61\n](?:"
-        + r"(?<=[.!?\u2026])[.!?\u2026]*"
-        + after_marks
-        + r"|(?<=[\u3002\uff61])"
-        + r"|(?<=\n)"
-        + blank_line[2:]
-        + r"|(?<=\n)"
-        + bullet[2:]
-        + ")"
-    )
-
-
-_FAST_SENTENCE_BREAK_RE = _fast_sentence_break_re()
-
-
-def _sentence_starts(text: str) -> list[int]:
-    """The starts of SENTENCE_BREAK_RE's matches, as its finditer() gives them."""
-    return [match.start() for match in _FAST_SENTENCE_BREAK_RE.finditer(text)]
-
-
 def _has_break(pattern: re.Pattern[str], text: str, start: int, end: int) -> bool:
     # One character of look-ahead past `end` so "shop.com" is not a sentence end at "shop.".
     match = pattern.search(text, start, min(len(text), end + 1))
@@ -476,7 +437,7 @@ class _SentenceFilter:
     def __init__(self, part: _Part) -> None:
         self.part = part
         self.ruleset = part.ruleset
-        self.breaks = part.sentence_starts()
+        self.sentences = part.sentences()
         self._by_pattern: dict[int, set[int]] = {}
         self._by_item: dict[int, set[int]] = {}
         # Per kept rule: the sentences it may match in; None when a clause is not sentence-scope.
@@ -537,22 +498,18 @@ class _SentenceFilter:
                             break
                         sentences = sentences & self._pattern(pid)
                     found |= sentences
-            left = bisect.bisect_left
-            breaks = self.breaks
+            of = self.sentences.of
             for name in plan.builtins:
                 occs = self.part.builtin_occs.get(name, ())
-                found.update(left(breaks, occ.start) for occ in occs)
+                found.update(of(occ.start) for occ in occs)
             self._by_item[plan.index] = found
         return found
 
     def _pattern(self, pid: int) -> set[int]:
         found = self._by_pattern.get(pid)
         if found is None:
-            left = bisect.bisect_left
-            breaks = self.breaks
-            found = self._by_pattern[pid] = {
-                left(breaks, start) for start, _ in self.part.atoms.get(pid, ())
-            }
+            starts = [start for start, _ in self.part.atoms.get(pid, ())]
+            found = self._by_pattern[pid] = set(self.sentences.of_each(starts))
         return found
 
 
@@ -757,7 +714,7 @@ class RuleSet:
             else:
                 partial.update(patterns)
                 sentences |= where
-        part.place(needed, partial - needed, sentences, sentence_filter.breaks)
+        part.place(needed, partial - needed, sentences)
         held = []
         for rule in candidates:
             span = _match_clause(part, rule.clause)
@@ -861,6 +818,7 @@ class RuleSet:
         patterns = self.clause_patterns[id(clause)]
         for ranges in batches:
             later = _Part(self, part.norm)
+            later.share_breaks(part)
             later.builtin_occs = {
                 name: [_Occ(o.start, o.end) for o in occs]
                 for name, occs in part.builtin_occs.items()

@@ -843,8 +843,8 @@ def test_word_tables_take_whole_runs_only() -> None:
     ],
 )
 def test_sentence_starts_agree_with_the_break_pattern(text: str) -> None:
-    from relay.engine import _sentence_starts
     from relay.normalize import SENTENCE_BREAK_RE
+    from relay.sentences import sentence_starts as _sentence_starts
 
     norm = normalize(text).text
     assert _sentence_starts(norm) == [m.start() for m in SENTENCE_BREAK_RE.finditer(norm)]
@@ -853,8 +853,8 @@ def test_sentence_starts_agree_with_the_break_pattern(text: str) -> None:
 def test_sentence_starts_and_runs_agree_on_every_corpus_body() -> None:
     from collections import Counter
 
-    from relay.engine import _sentence_starts
     from relay.normalize import SENTENCE_BREAK_RE
+    from relay.sentences import sentence_starts as _sentence_starts
     from relay.wordscan import RUN_RE, count_runs
     from tests.corpus.build import load_corpus
 
