@@ -5,6 +5,10 @@ A message the relay could not read completely is never forwarded: the scanner ra
 (fail closed), where a person can look at it. The deadline runs the scan in a worker thread
 and stops waiting for it after `limits.scan_timeout` seconds; the thread cannot be killed,
 but the extraction and rule engine are linear in the message size, so it ends on its own.
+A small message (the handler's INLINE_SCAN_SIZE) is scanned by `run_inline` on the event loop
+instead: handing it to a thread and back cost more CPU than many a small scan itself. Such a
+scan takes milliseconds and cannot be stopped early; one that nevertheless ran past the
+deadline is treated exactly as one the deadline gave up on (LimitExceeded).
 
 `ScanGate` bounds how many large messages are parsed and scanned at the same time: parsing
 costs a few times a message's size (a 10 MB message with an attachment peaks at about 28 MiB,
@@ -21,6 +25,7 @@ import asyncio
 import contextlib
 import re
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import TypeVar
@@ -155,8 +160,25 @@ async def run_within(
         raise
 
 
+def run_inline(work: Callable[[], T], deadline: float) -> T:
+    """Run `work` here and now; LimitExceeded if it took longer than `deadline` seconds.
+
+    For small messages only: the caller is blocked (on the event loop, every session) for as
+    long as `work` runs, so its size must bound its time far below any sensible deadline.
+    """
+    started = time.perf_counter()
+    result = work()
+    if time.perf_counter() - started > deadline:
+        raise _over_deadline(deadline)
+    return result
+
+
+def _over_deadline(deadline: float) -> LimitExceeded:
+    return LimitExceeded(f"parsing and scanning took longer than {deadline:g} seconds")
+
+
 async def _run_within(work: Callable[[], T], deadline: float) -> T:
     try:
         return await asyncio.wait_for(asyncio.to_thread(work), deadline)
     except TimeoutError:
-        raise LimitExceeded(f"parsing and scanning took longer than {deadline:g} seconds") from None
+        raise _over_deadline(deadline) from None

@@ -33,7 +33,7 @@ from relay import audit as events
 from relay.access import server_tls_context, verify_password
 from relay.audit import AuditLog
 from relay.config import Config, load_config
-from relay.engine import load_configured_rules
+from relay.engine import RuleSet, load_configured_rules
 from relay.errors import ConfigError, RelayError
 from relay.extract import extract
 from relay.forwarder import MaildirForwarder, close_idle_connections, make_forwarder
@@ -172,12 +172,29 @@ def _monotonic_usec() -> str:
     return f"MONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}"
 
 
+class RuleScanner:
+    """A ScanFn: extraction within the MIME limits, then every rule, in the calling thread.
+
+    Pure and linear in the message size, so the handler may run it on the event loop for
+    small messages (Runtime.inline_scan).
+    """
+
+    def __init__(self, ruleset: RuleSet, max_depth: int, max_parts: int) -> None:
+        self.ruleset = ruleset
+        self.max_depth = max_depth
+        self.max_parts = max_parts
+
+    def __call__(self, data: bytes) -> Verdict:
+        extracted = extract(data, max_depth=self.max_depth, max_parts=self.max_parts)
+        return self.ruleset.evaluate(check_extracted(extracted))
+
+
 def rules_scanner(config: Config) -> ScanFn:
     """Scan with the rule packs in `rules.paths`; a broken pack raises RuleError.
 
     The returned callable is pure and thread-safe (the handler runs it off the event loop):
-    extraction, then every rule against every part: in the calling thread, or in
-    `rules.scan_workers` worker processes (relay.scanpool) when that is above 0.
+    extraction, then every rule against every part: in the calling thread (a RuleScanner),
+    or in `rules.scan_workers` worker processes (relay.scanpool) when that is above 0.
     """
     ruleset = load_configured_rules(config.rules.paths)
     limits = config.limits
@@ -189,12 +206,7 @@ def rules_scanner(config: Config) -> ScanFn:
             max_depth=limits.max_mime_depth,
             max_parts=limits.max_mime_parts,
         )
-
-    def scan(data: bytes) -> Verdict:
-        extracted = extract(data, max_depth=limits.max_mime_depth, max_parts=limits.max_mime_parts)
-        return ruleset.evaluate(check_extracted(extracted))
-
-    return scan
+    return RuleScanner(ruleset, limits.max_mime_depth, limits.max_mime_parts)
 
 
 def clean_scanner(config: Config) -> ScanFn:
@@ -450,7 +462,13 @@ class RelayServer:
             close_scanner(scan)
             raise
         return Runtime(
-            config=config, forwarder=forwarder, audit=audit, scan=scan, quarantine=quarantine
+            config=config,
+            forwarder=forwarder,
+            audit=audit,
+            scan=scan,
+            quarantine=quarantine,
+            # A PooledScanner waits for its worker processes: it must stay off the loop.
+            inline_scan=isinstance(scan, RuleScanner),
         )
 
     def _build_quarantine(self, config: Config) -> QuarantineStore:

@@ -23,11 +23,8 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from relay.config import Config, bundled_rules_path
 from relay.engine import RuleSet, load_rules
-from relay.extract import extract
 from relay.handler import ScanFn
-from relay.limits import check_extracted
-from relay.model import Verdict
-from relay.server import RelayServer
+from relay.server import RelayServer, RuleScanner
 
 MESSAGE = (
     b"From: Tidy Home Co. <shop@example.com>\r\n"
@@ -73,14 +70,10 @@ def cached_rules_scanner(config: Config) -> ScanFn:
     Loading the bundled packs takes about a second; tests that change a pack's content and
     reload must use relay.server.rules_scanner instead.
     """
-    ruleset = _ruleset(tuple(config.rules.paths))
     limits = config.limits
-
-    def scan(data: bytes) -> Verdict:
-        extracted = extract(data, max_depth=limits.max_mime_depth, max_parts=limits.max_mime_parts)
-        return ruleset.evaluate(check_extracted(extracted))
-
-    return scan
+    return RuleScanner(
+        _ruleset(tuple(config.rules.paths)), limits.max_mime_depth, limits.max_mime_parts
+    )
 
 
 @dataclass

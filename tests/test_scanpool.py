@@ -162,6 +162,7 @@ async def test_relay_scans_in_workers_and_reload_stops_the_old_ones(
     )
     first = relay.server.runtime.scan
     assert isinstance(first, PooledScanner)
+    assert relay.server.runtime.inline_scan is False  # it waits for its workers: a thread
     for _ in range(1200):
         if first.ready:
             break

@@ -7,6 +7,8 @@ import json
 import re
 import signal
 import socket
+import threading
+import time
 from pathlib import Path
 
 import aiosmtplib
@@ -14,10 +16,11 @@ import pytest
 import yaml
 
 from relay.config import Config, PolicyConfig
-from relay.handler import ScanFn, clean_scan
-from relay.model import CLEAN, Action
+from relay.handler import INLINE_SCAN_SIZE, ScanFn, clean_scan
+from relay.model import CLEAN, Action, Verdict
 from relay.policy import Decision, decide
-from relay.server import rules_scanner
+from relay.quarantine import QuarantineStore
+from relay.server import RuleScanner, rules_scanner
 from tests.conftest import StartRelay, WriteConfig
 from tests.support import MESSAGE, RunningRelay, Sink, make_message, send, spawn_serve
 
@@ -285,3 +288,78 @@ async def test_sighup_reloads_and_sigterm_stops_a_serving_process(
 
     assert [f.read_bytes() for f in (tmp_path / "first" / "new").iterdir()] == [MESSAGE]
     assert [f.read_bytes() for f in (tmp_path / "second" / "new").iterdir()] == [MESSAGE]
+
+
+class ThreadNoting(RuleScanner):
+    """The real rule scanner, noting which thread ran each scan (and sleeping if told)."""
+
+    def __init__(self, base: RuleScanner, delay: float = 0.0) -> None:
+        super().__init__(base.ruleset, base.max_depth, base.max_parts)
+        self.delay = delay
+        self.threads: list[int] = []
+
+    def __call__(self, data: bytes) -> Verdict:
+        self.threads.append(threading.get_ident())
+        time.sleep(self.delay)
+        return super().__call__(data)
+
+
+def padded(body: str, size: int) -> bytes:
+    """A message of about `size` bytes whose text is `body` plus harmless filler lines."""
+    filler = "Thanks for your order, it ships tomorrow.\r\n" * (size // 43)
+    return make_message(subject="Order update", body=f"{body}\r\n\r\n{filler}")
+
+
+VIOLATION_TEXT = "Please leave us a 5-star review and we will refund your purchase."
+
+
+async def test_small_messages_are_scanned_on_the_loop_larger_ones_in_a_thread(
+    write_config: WriteConfig, start_relay: StartRelay, sink: Sink, tmp_path: Path
+) -> None:
+    scanners: list[ThreadNoting] = []
+
+    def noting(config: Config) -> ScanFn:
+        base = rules_scanner(config)
+        assert isinstance(base, RuleScanner)
+        scanners.append(ThreadNoting(base))
+        return scanners[-1]
+
+    relay = await start_relay(write_config(upstream=sink.upstream()), make_scanner=noting)
+    assert relay.server.runtime.inline_scan is True
+    small, large = padded(VIOLATION_TEXT, 2000), padded(VIOLATION_TEXT, INLINE_SCAN_SIZE + 4000)
+    assert len(small) <= INLINE_SCAN_SIZE < len(large)
+    for data in (small, large, padded("Your parcel is on its way.", 2000)):
+        assert (await relay.send(data)).code == 250
+
+    loop_thread = threading.get_ident()
+    assert [ident == loop_thread for ident in scanners[0].threads] == [True, False, True]
+    lines = await relay.messages()
+    assert [(line["verdict"], line["action"]) for line in lines] == [
+        ("violation", "quarantine"),
+        ("violation", "quarantine"),
+        ("clean", "forward"),
+    ]
+    assert [line["subject"] for line in lines] == ["Order update"] * 3
+    assert len(QuarantineStore(tmp_path / "quarantine").entries()) == 2
+    assert len(sink.messages) == 1
+
+
+async def test_inline_scan_past_the_deadline_is_held_with_reason_limits(
+    write_config: WriteConfig, start_relay: StartRelay, sink: Sink, tmp_path: Path
+) -> None:
+    def slow(config: Config) -> ScanFn:
+        base = rules_scanner(config)
+        assert isinstance(base, RuleScanner)
+        return ThreadNoting(base, delay=0.3)
+
+    relay = await start_relay(
+        write_config(upstream=sink.upstream(), limits={"scan_timeout": 0.1}), make_scanner=slow
+    )
+    assert (await relay.send(padded("Your parcel is on its way.", 2000))).code == 250
+
+    assert sink.messages == []
+    [entry] = QuarantineStore(tmp_path / "quarantine").entries()
+    assert entry.meta["reason"] == "limits"
+    [line] = await relay.messages()
+    assert (line["action"], line["reason"]) == ("quarantine", "limits")
+    assert "longer than 0.1 seconds" in line["error"]
