@@ -88,3 +88,34 @@ async def test_plain_paths_parse_as_aiosmtpd_parses_them(
             assert fast._getaddr(arg) == plain._getaddr(arg), arg
     finally:
         await server.stop(grace=1)
+
+
+async def test_ehlo_reply_is_aiosmtpds_whole_multi_line_reply(
+    write_config: WriteConfig, tmp_path: Path
+) -> None:
+    """The lines of EHLO's reply are held back and sent with its last line: all of them."""
+    config = load_config(write_config(upstream={"maildir": str(tmp_path / "out")}))
+    server = RelayServer(config, make_scanner=clean_scanner)
+    await server.start()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        assert (await reader.readline()).startswith(b"220 ")
+        lines = []
+        for command in (b"EHLO client.test\r\n", b"HELO client.test\r\n", b"NOOP\r\n"):
+            writer.write(command)
+            while (line := await reader.readline())[3:4] != b" ":
+                lines.append(line)
+            lines.append(line)
+        writer.write(b"QUIT\r\n")
+        assert (await reader.readline()).startswith(b"221 ")
+        writer.close()
+    finally:
+        await server.stop(grace=1)
+    assert lines == [
+        b"250-relay.test\r\n",
+        f"250-SIZE {config.limits.max_message_size}\r\n".encode(),
+        b"250-8BITMIME\r\n",
+        b"250 HELP\r\n",
+        b"250 relay.test\r\n",
+        b"250 OK\r\n",
+    ]
