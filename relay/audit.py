@@ -4,6 +4,11 @@ Callers on the event loop only render a line and put it on a queue; one backgrou
 every write and flush, so a slow disk or a full pipe to journald never stalls SMTP sessions. A
 file target survives logrotate: the writer reopens it on `reopen()` (SIGHUP) and whenever the
 path no longer points at the file it has open (rotated away by rename or deletion).
+
+A file is opened with O_APPEND and every batch of whole lines goes out in one write(2), so
+several processes (the relay workers of `listen.workers` and their supervisor) append to the
+one file without their lines ever interleaving: on a local filesystem the kernel moves to the
+end and writes under the file's lock, whatever the size (not so on NFS).
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import threading
 import time
 from collections.abc import MutableMapping
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import structlog
 
@@ -59,7 +64,7 @@ class _LineWriter:
     def __init__(self, target: Path | None) -> None:
         self.target = target
         self._queue: queue.SimpleQueue[str | _Barrier | _Reopen | _Stop] = queue.SimpleQueue()
-        self._file: IO[str] | None = None
+        self._fd: int | None = None
         self._inode: tuple[int, int] | None = None
         self._checked = 0.0
         self._reported_failure = False
@@ -91,11 +96,11 @@ class _LineWriter:
     # The writer thread.
     def _open(self) -> None:
         assert self.target is not None
-        handle = open(self.target, "a", encoding="utf-8")  # noqa: SIM115 (kept open on purpose)
-        stat = os.fstat(handle.fileno())
-        if self._file is not None:
-            self._file.close()
-        self._file, self._inode = handle, (stat.st_dev, stat.st_ino)
+        fd = os.open(self.target, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        stat = os.fstat(fd)
+        if self._fd is not None:
+            os.close(self._fd)
+        self._fd, self._inode = fd, (stat.st_dev, stat.st_ino)
         self._checked = time.monotonic()
 
     def _rotated(self) -> bool:
@@ -131,20 +136,24 @@ class _LineWriter:
                 elif isinstance(entry, _Barrier):
                     entry.done.set()
                 elif isinstance(entry, _Stop):
-                    if self._file is not None:
-                        self._file.close()
+                    if self._fd is not None:
+                        os.close(self._fd)
+                        self._fd = None
                     return
             self._write(lines)
 
     def _write(self, lines: list[str]) -> None:
         if not lines:
             return
-        if self.target is not None and self._rotated():
-            self._safely(self._open)
-        out = self._file if self.target is not None else sys.stdout
-        if out is None:
+        text = "".join(line + "\n" for line in lines)
+        if self.target is None:
+            self._safely(lambda: (sys.stdout.write(text), sys.stdout.flush()))
             return
-        self._safely(lambda: (out.write("".join(line + "\n" for line in lines)), out.flush()))
+        if self._rotated():
+            self._safely(self._open)
+        fd = self._fd
+        if fd is not None:
+            self._safely(lambda: _write_all(fd, text.encode("utf-8")))
 
     def _safely(self, action: Any) -> None:
         try:
@@ -155,6 +164,13 @@ class _LineWriter:
             if not self._reported_failure:
                 print(f"outbox-relay: audit log write failed: {exc}", file=sys.stderr)
                 self._reported_failure = True
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """One write(2) of data; only an error (a full disk) can leave part of it for another."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 class AuditLog:

@@ -67,16 +67,18 @@ WORKER_ENV = "OUTBOX_RELAY_WORKER"
 SESSIONS_ENV = "OUTBOX_RELAY_SESSIONS"
 # A worker's note to its supervisor, next to READY=1 after a reload: 1 reloaded, 0 failed.
 RELOADED = "X_OUTBOX_RELAY_RELOADED"
+# A supervisor's signal to its workers: reopen the audit log, without reloading.
+REOPEN_SIGNAL = signal.SIGUSR1
 
 
 @dataclass(frozen=True)
 class WorkerRole:
     """This relay is worker `index` of `count`, sharing `port` with its siblings.
 
-    A worker listens with SO_REUSEPORT on the port its supervisor reserved, writes its audit
-    lines to standard output (a pipe the supervisor merges into the one audit log), admits its
-    share of `limits.max_connections`, and stops when its standard input closes (the
-    supervisor is gone).
+    A worker listens with SO_REUSEPORT on the port its supervisor reserved, appends its audit
+    lines to `audit.path` (or writes them to standard output, a pipe the supervisor merges into
+    its own), admits its share of `limits.max_connections`, and stops when its standard input
+    closes (the supervisor is gone).
     """
 
     index: int
@@ -499,8 +501,9 @@ class RelayServer:
         return store
 
     def _audit_path(self, config: Config) -> Path | None:
-        # A worker's lines go to its supervisor, which owns `audit.path`.
-        return None if self.worker is not None else config.audit.path
+        # Workers append to `audit.path` themselves, whole lines per write (relay.audit);
+        # without one, their standard output is a pipe their supervisor merges.
+        return config.audit.path
 
     def _open_audit(self, config: Config) -> AuditLog:
         try:
@@ -695,6 +698,9 @@ class RelayServer:
         loop.add_signal_handler(signal.SIGTERM, self._spawn, self.stop)
         loop.add_signal_handler(signal.SIGINT, self._spawn, self.stop)
         loop.add_signal_handler(signal.SIGHUP, self._spawn, self.reload)
+        if self.worker is not None:
+            # From the supervisor, after a SIGHUP it could not reload with (logrotate ran).
+            loop.add_signal_handler(REOPEN_SIGNAL, lambda: self.audit.reopen())
 
     def _watch_supervisor(self) -> None:
         """Stop when standard input (a pipe from the supervisor) closes: it is gone."""

@@ -10,14 +10,18 @@ The supervisor keeps the outside contracts of a single relay:
 - the port: it binds (without listening) the address first, with SO_REUSEPORT, so `port: 0`
   picks one free port for all workers and no other program can take it while a worker
   restarts;
-- one audit log: workers write their lines to standard output, a pipe per worker; the
-  supervisor reads whole lines from each pipe and is the only writer of `audit.path`, so
-  lines never interleave, and it reopens the file on SIGHUP and after logrotate;
+- one audit log: every process appends its own lines to `audit.path`, opened with O_APPEND,
+  whole lines in one write each, so lines never interleave (relay.audit); each reopens the
+  file after logrotate, and on SIGHUP (the supervisor passes it on to the workers). Copying
+  every line through the supervisor cost about 0.2 ms of CPU per message. With the audit
+  log on standard output, workers write their lines to a pipe each, and the supervisor
+  passes whole lines on to its own standard output;
 - systemd: workers notify the supervisor's own NOTIFY_SOCKET; it sends `READY=1` once every
   worker is ready, `RELOADING=1` ... `READY=1` around a reload of all of them, and
   `STOPPING=1` on SIGTERM;
 - SIGHUP: the supervisor reads the file first; a broken one is logged once
-  (`config.reload_failed`) and nothing changes; otherwise every worker reloads, and one
+  (`config.reload_failed`) and nothing changes but that every process reopens the audit
+  log (workers on SIGUSR1); otherwise every worker reloads, and one
   `config.reload` line follows once all have (a worker that fails, say on a broken rule
   pack, logs `config.reload_failed` with its reason instead);
 - SIGTERM: every worker stops gracefully (`limits.shutdown_timeout`), then the supervisor
@@ -47,6 +51,7 @@ from relay.config import Config, load_config
 from relay.errors import ConfigError, RelayError
 from relay.server import (
     RELOADED,
+    REOPEN_SIGNAL,
     SESSIONS_ENV,
     WORKER_ENV,
     SessionBoard,
@@ -375,6 +380,13 @@ class Supervisor:
             self.audit.reopen()
             reason = str(exc) if isinstance(exc, RelayError) else f"{type(exc).__name__}: {exc}"
             self.audit.emit(events.EVENT_CONFIG_RELOAD_FAILED, file=str(self.source), error=reason)
+            # The workers keep their config, but a SIGHUP may follow logrotate. Only ready
+            # workers handle the signal (one still starting would die of it) and a starting
+            # one opens the file anew anyway.
+            for worker, process in self._live():
+                if worker.ready is not None and worker.ready.done():
+                    with contextlib.suppress(ProcessLookupError):
+                        process.send_signal(REOPEN_SIGNAL)
             return
         if new_audit is not None:
             old, self._audit = self.audit, new_audit

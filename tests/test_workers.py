@@ -62,7 +62,7 @@ async def serve_workers(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
     sockets = []
 
     async def start(
-        upstream: dict[str, Any], limits: dict[str, Any] | None = None
+        upstream: dict[str, Any], limits: dict[str, Any] | None = None, audit: str = "-"
     ) -> tuple[Process, Path, Any]:
         path = tmp_path / "relay.yaml"
         path.write_text(
@@ -70,7 +70,7 @@ async def serve_workers(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
                 {
                     "listen": {"host": "127.0.0.1", "port": 0, "hostname": "relay.test"},
                     "upstream": upstream,
-                    "audit": {"path": "-"},
+                    "audit": {"path": audit},
                     "quarantine": {"path": str(tmp_path / "quarantine")},
                     "limits": {"shutdown_timeout": 10, **(limits or {})},
                 }
@@ -143,6 +143,57 @@ async def notes_until(sock: Any, last: str, seconds: float = 30) -> list[str]:
         notes.extend(received(sock))
         await asyncio.sleep(0.05)
     return notes
+
+
+def file_lines(path: Path) -> list[dict[str, Any]]:
+    """Every line of an audit file, each of which must be whole JSON."""
+    if not path.exists():
+        return []
+    text = path.read_text(encoding="utf-8")
+    assert not text or text.endswith("\n")
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def events_in(*paths: Path, event: str = "message") -> list[dict[str, Any]]:
+    return [line for path in paths for line in file_lines(path) if line["event"] == event]
+
+
+async def test_workers_append_whole_lines_to_one_audit_file_across_logrotate(
+    serve_workers: Callable[..., Any], tmp_path: Path
+) -> None:
+    log, rotated, again = (tmp_path / name for name in ("audit.log", "audit.1", "audit.2"))
+    relay, path, _ = await serve_workers({"maildir": str(tmp_path / "out")}, audit=str(log))
+    workers = children(relay.process.pid)
+    # Long lines, written by both workers at the same time.
+    body = ("y" * 70 + "\r\n") * 40
+    subjects = [f"Order {i} " + "x" * 150 for i in range(40)]
+    replies = await asyncio.gather(*(send(relay.port, make_message(s, body)) for s in subjects))
+    assert [reply.code for reply in replies] == [250] * 40
+    await until(lambda: len(events_in(log)) == 40)
+    lines = events_in(log)
+    assert sorted(line["subject"] for line in lines) == sorted(subjects)
+    pids = {int(re.search(r"P(\d+)Q", line["upstream_reply"]).group(1)) for line in lines}
+    assert pids == set(workers)
+
+    # logrotate: rename, then SIGHUP; every process writes to the new file from then on.
+    log.rename(rotated)
+    relay.process.send_signal(signal.SIGHUP)
+    await until(lambda: len(events_in(log, event="config.reload")) == 1)
+    assert (await send(relay.port)).code == 250
+    await until(lambda: len(events_in(log)) == 1)
+
+    # A broken file: the workers keep their config but still reopen the log.
+    log.rename(again)
+    path.write_text("listen: [this is not a mapping\n")
+    relay.process.send_signal(signal.SIGHUP)
+    await until(lambda: len(events_in(log, event="config.reload_failed")) == 1)
+    replies = await asyncio.gather(*(send(relay.port) for _ in range(6)))
+    assert [reply.code for reply in replies] == [250] * 6
+    await until(lambda: len(events_in(log)) == 6)
+    relay.process.send_signal(signal.SIGTERM)
+    assert await asyncio.wait_for(relay.process.wait(), 30) == 0
+    assert len(events_in(rotated)) == 40 and len(events_in(again)) == 1
+    assert len(events_in(log)) == 6
 
 
 async def test_sighup_reloads_every_worker_and_a_broken_file_none(
