@@ -119,7 +119,10 @@ async def _stream_data(
             raise aiosmtplib.SMTPDataError(start.code, start.message)
         protocol._response_pending = True
         view = memoryview(payload)
-        for offset in range(0, len(view), DATA_CHUNK):
+        # The last slice goes out with the terminator: one write (one send) fewer per
+        # message, for a copy of at most DATA_CHUNK bytes.
+        last = max(0, len(view) - 1) // DATA_CHUNK * DATA_CHUNK
+        for offset in range(0, last, DATA_CHUNK):
             # A memoryview slice is written without a copy (SMTPProtocol.write says bytes).
             protocol.write(view[offset : offset + DATA_CHUNK])  # type: ignore[arg-type]
             if protocol._paused or protocol._connection_lost:
@@ -129,7 +132,7 @@ async def _stream_data(
                     raise aiosmtplib.SMTPTimeoutError("Timed out sending the message") from exc
                 except ConnectionError as exc:
                     raise aiosmtplib.SMTPServerDisconnected("Connection lost") from exc
-        protocol.write(b".\r\n")
+        protocol.write(bytes(view[last:]) + b".\r\n")
         response = await protocol.read_response(timeout=reply_timeout)
         if response.code != SMTPStatus.completed:
             raise aiosmtplib.SMTPDataError(response.code, response.message)
