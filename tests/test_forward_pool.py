@@ -20,6 +20,10 @@ class CountingSink(Sink):
         super().__init__()
         self.protocols: list[SMTP] = []
         self.quits = 0
+        self.resets = 0
+        # Answer 421 and hang up at the MAIL FROM after this many on one connection.
+        self.closing_after: int | None = None
+        self.served: dict[int, int] = {}
 
     async def start(self) -> CountingSink:
         loop = asyncio.get_running_loop()
@@ -29,6 +33,22 @@ class CountingSink(Sink):
             async def smtp_QUIT(self, arg: str) -> None:
                 sink.quits += 1
                 await super().smtp_QUIT(arg)
+
+            async def smtp_RSET(self, arg: str) -> None:
+                sink.resets += 1
+                await super().smtp_RSET(arg)
+
+            async def smtp_MAIL(self, arg: str) -> None:
+                if sink.closing_after is not None and self in sink.protocols:
+                    served = sink.served.get(id(self), 0)
+                    sink.served[id(self)] = served + 1
+                    if served >= sink.closing_after:
+                        # As an upstream that times a session out between commands does.
+                        await self.push("421 4.4.2 sink.test Error: timeout exceeded")
+                        assert self.transport is not None
+                        self.transport.close()
+                        return
+                await super().smtp_MAIL(arg)
 
         def factory() -> SMTP:
             protocol = Counted(self.handler, hostname="sink.test", loop=loop)
@@ -62,6 +82,7 @@ async def test_consecutive_messages_share_one_upstream_connection(
         assert (await relay.send(body)).code == 250
     assert [m.data for m in counting_sink.messages] == bodies
     assert len(counting_sink.protocols) == 1
+    assert counting_sink.resets == 0  # a transaction the upstream took has reset it already
 
 
 async def test_connection_the_upstream_dropped_is_replaced_transparently(
@@ -127,3 +148,29 @@ async def test_concurrent_messages_each_get_their_own_connection(
     counting_sink.handler.data_delay = 0
     await asyncio.gather(*(relay.send(body) for body in bodies))
     assert len(counting_sink.protocols) == 4
+
+
+async def test_pooled_connection_closing_at_mail_from_is_replaced_transparently(
+    counting_sink: CountingSink, write_config: WriteConfig, start_relay: StartRelay
+) -> None:
+    """The upstream gave up on the idle connection but the relay has not seen it close yet."""
+    counting_sink.closing_after = 1
+    relay = await start_relay(write_config(upstream=counting_sink.upstream()))
+    bodies = [make_message(body=f"message {i}") for i in range(3)]
+    for body in bodies:
+        assert (await relay.send(body)).code == 250
+    assert [m.data for m in counting_sink.messages] == bodies
+    assert len(counting_sink.protocols) == 3  # each later message: 421, then a new one
+
+
+async def test_fresh_connection_answering_421_at_mail_from_is_not_retried(
+    counting_sink: CountingSink, write_config: WriteConfig, start_relay: StartRelay
+) -> None:
+    counting_sink.closing_after = 0
+    relay = await start_relay(write_config(upstream=counting_sink.upstream()))
+    reply = await relay.send()
+    assert (reply.code, reply.text.startswith("4.3.0 upstream deferred: 421")) == (451, True)
+    assert counting_sink.messages == []
+    assert len(counting_sink.protocols) == 1
+    [line] = await relay.messages()
+    assert line["upstream_reply"] == "421 4.4.2 sink.test Error: timeout exceeded"
