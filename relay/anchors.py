@@ -34,8 +34,8 @@ class Anchor:
 
     A clause holds only in a unit (sentence, paragraph) where each `all` item and one `any`
     item occur, and a term occurs only where each of its words does: so each group (the
-    terms of an item, or of all `any` items, plus their built-ins) has a term whose rarest
-    word stands in every unit where the clause holds.
+    terms of an item, or of all `any` items, plus their built-ins) has a term all of whose
+    words stand in every unit where the clause holds.
     """
 
     clauses: tuple[tuple[Scope, tuple[Group, ...]], ...]
@@ -78,8 +78,9 @@ class Regions:
 
     A clause of sentence (paragraph) scope holds only in a sentence (paragraph) holding a
     member of each of its groups: the intersection of the groups' units, computed from the
-    rarest group up (per term, only its rarest word is looked for). A rule with a clause that
-    can hold nowhere is dropped; a rule with a message-scope clause needs the whole text.
+    rarest group up (per term, the units of its rarest word narrowed by those of its other
+    words; for sentences, the paragraphs first). A rule with a clause that can hold nowhere
+    is dropped; a rule with a message-scope clause needs the whole text.
     """
 
     def __init__(self, part: _Part, census: Census) -> None:
@@ -90,11 +91,16 @@ class Regions:
         self.census = census
         self.text = part.norm.text
         self._breaks: dict[Scope, list[int]] = {}
-        self._positions: dict[int, list[int]] = {}
         # Keyed by id(): groups live as long as the rule set, and hashing them is slow.
         self._units: dict[tuple[Scope, int], set[int]] = {}
+        self._present_terms: dict[int, list[list[int]]] = {}
         self._rarest_words: dict[int, frozenset[int]] = {}
-        self._places: dict[int, list[int]] = {}
+        # Per pattern number (or built-in name): where its candidates start, their paragraph
+        # numbers, and the set of those.
+        self._positions: dict[int | str, list[int]] = {}
+        self._numbers: dict[int | str, list[int]] = {}
+        self._paragraphs_of: dict[int | str, set[int]] = {}
+        self._sentences_of: dict[int | str, set[int]] = {}  # of all of them
 
     def of(self, rules: Sequence[Rule], anchors: Mapping[int, Anchor]) -> Plan:
         """The rules that may still match, where to look for their words, and what can wait.
@@ -187,47 +193,89 @@ class Regions:
                 merged.append((begin, end))
         return merged
 
+    def _terms(self, group: Group) -> list[list[int]]:
+        """The group's terms found in the part: per term, its words, the rarest first."""
+        found = self._present_terms.get(id(group))
+        if found is None:
+            counts = self.census.counts
+            present = counts.keys()
+            found = self._present_terms[id(group)] = [
+                sorted(pids, key=counts.__getitem__) if len(pids) > 1 else list(pids)
+                for pids in group[0]
+                if present >= pids
+            ]
+        return found
+
     def _rarest(self, group: Group) -> frozenset[int]:
         """Per term of the group found in the part, its word found least often."""
         found = self._rarest_words.get(id(group))
         if found is None:
-            counts = self.census.counts
-            chosen = set()
-            present = counts.keys()
-            for pids in group[0]:
-                if present >= pids:
-                    chosen.add(min(pids, key=counts.__getitem__))
-            found = self._rarest_words[id(group)] = frozenset(chosen)
+            found = self._rarest_words[id(group)] = frozenset(w[0] for w in self._terms(group))
         return found
 
     def _group_units(self, scope: Scope, group: Group, within: set[int] | None = None) -> set[int]:
         """The units of `scope` holding a member of `group`: for sentences, those inside the
-        paragraphs `within` only."""
-        if scope is Scope.SENTENCE:
-            places = self._group_positions(group)
-            if within is not None:
-                numbers = map(partial(bisect.bisect_left, self._starts(Scope.PARAGRAPH)), places)
-                places = [p for p, number in zip(places, numbers, strict=True) if number in within]
-            return set(self.part.sentences().of_each(places))
+        paragraphs `within` only.
+
+        A term's match stands in one sentence, so only in a unit holding each of its words:
+        the units of its rarest word, narrowed by those of the others.
+        """
         key = (scope, id(group))
-        found = self._units.get(key)
-        if found is None:
-            starts = self._starts(scope)
-            left = bisect.bisect_left
-            found = set(map(partial(left, starts), self._group_positions(group)))
+        cached = scope is Scope.PARAGRAPH or within is None
+        found = self._units.get(key) if cached else None
+        if found is not None:
+            return found
+        found = set()
+        for words in self._terms(group):
+            units = self._units_of(scope, words[0], within)
+            for pid in words[1:]:
+                if not units:
+                    break
+                units = units & self._units_of(scope, pid, within)
+            found |= units
+        for name in group[1]:
+            found |= self._units_of(scope, name, within)
+        if cached:
             self._units[key] = found
         return found
 
-    def _group_positions(self, group: Group) -> list[int]:
-        """Where the group's rarest words and its built-ins' matches start."""
-        found = self._places.get(id(group))
+    def _units_of(self, scope: Scope, key: int | str, within: set[int] | None) -> set[int]:
+        """The units of `scope` holding a candidate of pattern `key` (or built-in `key`)."""
+        if scope is Scope.PARAGRAPH:
+            found = self._paragraphs_of.get(key)
+            if found is None:
+                found = self._paragraphs_of[key] = set(self._paragraph_numbers(key))
+            return found
+        if within is None:
+            found = self._sentences_of.get(key)
+            if found is None:
+                found = self._sentences_of[key] = set(
+                    self.part.sentences().of_each(self._places_of(key))
+                )
+            return found
+        numbers = self._paragraph_numbers(key)
+        places = self._places_of(key)
+        places = [p for p, number in zip(places, numbers, strict=True) if number in within]
+        return set(self.part.sentences().of_each(places))
+
+    def _paragraph_numbers(self, key: int | str) -> list[int]:
+        found = self._numbers.get(key)
         if found is None:
-            found = []
-            for pid in self._rarest(group):
-                found += self._pattern_positions(pid)
-            for name in group[1]:
-                found += [o.start for o in self.part.builtin_occs.get(name, ())]
-            self._places[id(group)] = found
+            starts = self._starts(Scope.PARAGRAPH)
+            found = self._numbers[key] = list(
+                map(partial(bisect.bisect_left, starts), self._places_of(key))
+            )
+        return found
+
+    def _places_of(self, key: int | str) -> list[int]:
+        """Where the candidates of pattern `key` (or the matches of built-in `key`) start."""
+        found = self._positions.get(key)
+        if found is None:
+            if isinstance(key, str):
+                found = [o.start for o in self.part.builtin_occs.get(key, ())]
+            else:
+                found = self.census.positions(key)
+            self._positions[key] = found
         return found
 
     def _starts(self, scope: Scope) -> list[int]:
@@ -235,10 +283,4 @@ class Regions:
         found = self._breaks.get(scope)
         if found is None:
             found = self._breaks[scope] = self.part.paragraph_starts()
-        return found
-
-    def _pattern_positions(self, pid: int) -> list[int]:
-        found = self._positions.get(pid)
-        if found is None:
-            found = self._positions[pid] = self.census.positions(pid)
         return found

@@ -781,6 +781,18 @@ def test_a_clause_that_can_hold_nowhere_drops_its_rule(tmp_path: Path) -> None:
     assert matches(ruleset, "Happy with it, leave a review!\n\nNot happy? Contact us.")
 
 
+def test_a_phrase_whose_words_never_share_a_sentence_drops_its_rule(tmp_path: Path) -> None:
+    """Every word of a term, not only its rarest, must stand in a unit the clause holds in."""
+    ruleset = rule_pack(tmp_path, 'all: ["find us on", "instagram"]')
+    # "find" is the phrase's rarest word, and it does share a sentence with "instagram".
+    apart = "Find the Instagram link below. Write to us on Monday. Call us on Friday."
+    assert ruleset._prepare(apart, ruleset.rules) is None
+    assert not matches(ruleset, apart)
+    assert matches(ruleset, "You can find us on Instagram.")
+    paragraphs = "Find us here.\n\nOn Instagram, as always."
+    assert not matches(ruleset, paragraphs)
+
+
 def test_word_distances_hold_in_a_narrowed_sentence(tmp_path: Path) -> None:
     ruleset = rule_pack(tmp_path, 'all: ["positive", "review"]\nany: ["leave"]\nwithin: 3')
     filler = "Leave it. A positive day. Your review arrived. " * 30
