@@ -78,6 +78,11 @@ _CJK = r"\u3000-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff00-\uffef"
 # The CJK character is captured, not looked behind for: a pattern that opens with a character
 # class lets the regex engine skip ahead, one that opens with a look-behind tries every position.
 _SOFT_BREAK_BETWEEN_CJK = re.compile(f"([{_CJK}]){_SOFT_BREAK}+(?=[{_CJK}])")
+_CJK_CHARACTER = re.compile(f"[{_CJK}]")
+# `_render_plain` marks each line break it asks for with this character while it leaves the
+# text's own whitespace for `_tidy_raw`: one that neither source text nor an entity can hold.
+_BREAK_MARK = "\x00"
+_SPACES = re.compile("  +")
 # A run of spaces that holds a line break becomes a soft break (`_soft_breaks`), any other run
 # one space.
 _SPACE = " \t\r\f"
@@ -152,15 +157,21 @@ def _render_plain(html: str, *, strip_quotes: bool, forward: bool) -> str | None
     Most mail is plain markup whose rendering needs no more than the open elements and the
     pending line breaks: no quote container, no skipped or preformatted element, no contact
     link. For that part of a document, this loop does the tokenizer's and the renderer's work
-    in one place, without a method call per tag. At the first tag that needs more, it hands
-    its state to a `_Renderer` and lets `_feed_plain` go on from there; None when that fails
-    (markup outside the plain subset), for the caller to start over with the stdlib parser.
+    in one place, without a method call per tag, and settles the text's whitespace once for
+    the whole document instead of once per piece of text (`_tidy_raw`). At the first tag that
+    needs more, it hands its state to a `_Renderer` and lets `_feed_plain` go on from there;
+    None when that fails (markup outside the plain subset), for the caller to start over with
+    the stdlib parser.
     """
     chunks: list[str] = []
     emit = chunks.append
     open_tags: list[str] = []
     open_count: dict[str, int] = {}
     pending = 0  # the line breaks asked for before the next text
+    # Text is kept as written (entities resolved) and its whitespace settled once, at the end
+    # (`_tidy_raw`), with line breaks marked; unless the document holds the mark itself.
+    raw = _BREAK_MARK not in html
+    newline = _BREAK_MARK if raw else "\n"
     # Mail repeats the same attributes on tag after tag (style="font-family:...").
     known: dict[str, tuple[dict[str, str], bool]] = {}
     match_token = _PLAIN_TOKEN.match
@@ -173,23 +184,23 @@ def _render_plain(html: str, *, strip_quotes: bool, forward: bool) -> str | None
                 rest = html[position:]
                 if "<" in rest:
                     return None  # markup outside the plain subset: `_feed_plain` fails there too
-                data = _flow(unescape(rest) if "&" in rest else rest)
+                data = unescape(rest) if "&" in rest else rest
                 if data:
                     if pending:
-                        emit("\n" * pending)
-                    emit(data)
+                        emit(newline * pending)
+                    emit(data if raw else _flow(data))
                 # What is still open would close with line breaks only, after the last text.
-                return _tidy("".join(chunks))
+                return _tidy_raw(chunks) if raw else _tidy("".join(chunks))
             data, tag, attributes, close, end_tag = match.group(
                 "data", "start", "attrs", "close", "end"
             )
+            if data and "&" in data:
+                data = unescape(data)  # which may leave nothing (&#1;)
             if data:
-                data = _flow(unescape(data) if "&" in data else data)
-                if data:
-                    if pending:
-                        emit("\n" * pending)
-                        pending = 0
-                    emit(data)
+                if pending:
+                    emit(newline * pending)
+                    pending = 0
+                emit(data if raw else _flow(data))
             if tag is not None:
                 tag = tag.lower()
                 if tag in _PLAIN_REFUSED:
@@ -224,14 +235,20 @@ def _render_plain(html: str, *, strip_quotes: bool, forward: bool) -> str | None
                     pending += 1
                 elif tag in _CELL_TAGS:
                     if pending:
-                        emit("\n" * pending)
+                        emit(newline * pending)
                         pending = 0
                     emit(" ")
                 if tag == "img" and named.get("alt"):
+                    alt = named["alt"]
+                    if raw and _flow(alt) != alt:
+                        # Shown as written, unlike text: settle the text so far here instead.
+                        chunks[:] = _flowed(chunks)
+                        raw = False
+                        newline = "\n"
                     if pending:
-                        emit("\n" * pending)
+                        emit(newline * pending)
                         pending = 0
-                    emit(named["alt"])
+                    emit(alt)
                 if not void:
                     open_tags.append(tag)
                     open_count[tag] = open_count.get(tag, 0) + 1
@@ -254,7 +271,7 @@ def _render_plain(html: str, *, strip_quotes: bool, forward: bool) -> str | None
         return None
     # A tag that needs the whole renderer: it goes on from that tag, with the state so far.
     renderer = _Renderer(strip_quotes=strip_quotes, forward=forward)
-    renderer.take_over(chunks, open_tags, open_count, pending)
+    renderer.take_over(_flowed(chunks) if raw else chunks, open_tags, open_count, pending)
     if not _feed_plain(renderer, html, match.end("data")):
         return None
     return renderer.text()
@@ -428,6 +445,34 @@ def _tidy(joined: str) -> str:
     if "\t" in raw or "  " in raw:
         raw = _MULTI_SPACE.sub(" ", raw)
     return _MANY_NEWLINES.sub("\n\n", raw).strip()
+
+
+def _flowed(chunks: list[str]) -> list[str]:
+    """`_render_plain`'s chunks of text as written and marked breaks, as the renderer has them."""
+    return ["\n" * len(chunk) if chunk[0] == _BREAK_MARK else _flow(chunk) for chunk in chunks]
+
+
+def _tidy_raw(chunks: list[str]) -> str:
+    """`_tidy(''.join(_flowed(chunks)))`, in a few passes over the whole text.
+
+    Without a Japanese or Chinese character, whose neighbours decide what a soft break is,
+    every run of source whitespace ends up one space or, beside a line break, nothing: so
+    each whitespace character may become a space here, runs collapse, and the spaces beside
+    a marked break go. Single-character searches and splits mostly: a two-character search
+    (`"  " in text`) costs as much as ten of them.
+    """
+    text = "".join(chunks)
+    if not text.isascii() and _CJK_CHARACTER.search(text):
+        return _tidy("".join(_flowed(chunks)))
+    for space in "\n\t\r\f" + _SOFT_BREAK:
+        if space in text:
+            text = text.replace(space, " ")
+    if "  " in text:
+        text = _SPACES.sub(" ", text)
+    text = "\n".join([line.strip(" ") for line in text.split(_BREAK_MARK)])
+    if "\n\n\n" in text:
+        text = _MANY_NEWLINES.sub("\n\n", text)
+    return text.strip()
 
 
 def _is_reply_marker(attrs: dict[str, str]) -> bool:

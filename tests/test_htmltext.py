@@ -288,7 +288,9 @@ def _stdlib_text(html: str, *, strip_quotes: bool, forward: bool) -> str:
 
 
 # Pieces for the fused loop and for each reason it hands over to the renderer (quote
-# containers, the reply marker, contact links, preformatted and template elements) or gives up.
+# containers, the reply marker, contact links, preformatted and template elements) or gives up,
+# and for each way its whitespace is settled: Japanese text, an alt text with whitespace of its
+# own, a NUL in the source.
 _RENDER_PIECES = [
     "<p>", "</p>", "<div>", "</div>", "<br>", "<br/>", "</br>", "<b>", "</B>", "<td>", "</td>",
     "<tr>", "</tr>", "<table width=600>", "</table>", "<li>", "</li>", "<h1>", "</h1>",
@@ -302,6 +304,8 @@ _RENDER_PIECES = [
     "text", "five stars", " ", "\n", "  \n  ", "\t", "\r", "\f", "&amp;", "&nbsp;", "&#10;",
     "&#13;", "AT&T", "日本", "語", "\xa0", "\u3000", "---------- Forwarded message ---------",
     "On Mon, Jan 1, 2024 Sam <s@x.example> wrote:", "<title>t</title>", "<p", "</", "<",
+    "<img alt='a\tb'>", "<img alt='x\n y'>", "<img alt='p  q'>", "&#1;", "&#26085;", "\ue000",
+    "\x00", "\xa0\n", "\v",
 ]  # fmt: skip
 
 
