@@ -43,9 +43,19 @@ def parse_message(raw: bytes) -> Message:
     runs = _runs(raw) if len(raw) >= _MIN_RUN else []
     if not runs:
         return parse_bytes(raw)
-    # The placeholder must not occur in the message; a bounded number of tries, so that a
-    # message cannot make this search quadratic.
-    marker = next((name for name in _PLACEHOLDERS if name.encode() not in raw), None)
+    # The placeholder must not occur in what the parser reads of the message (the runs are
+    # put back as they were, never searched); a bounded number of tries, so that a message
+    # cannot make this search quadratic.
+    edges = [0, *(edge for run in runs for edge in run), len(raw)]
+    gaps = list(zip(edges[::2], edges[1::2], strict=True))
+    marker = next(
+        (
+            name
+            for name in _PLACEHOLDERS
+            if all(raw.find(name.encode(), start, end) < 0 for start, end in gaps)
+        ),
+        None,
+    )
     if marker is None:
         return parse_bytes(raw)
     pieces: list[bytes] = []

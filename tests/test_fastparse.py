@@ -53,6 +53,9 @@ def _multipart(*bodies: bytes, boundary: bytes = b"b1") -> bytes:
         _multipart(FILLER + b"\r\n\r\n" + FILLER),  # blank lines inside a body
         _multipart(b"HollowedLines0\r\n" + FILLER),  # the placeholder itself in the message
         _multipart(b"HollowedLines0 SetAsideLines1 PlaceholderLines2\r\n" + FILLER),
+        # The placeholders where the parser reads them (the preamble): another one, or none.
+        _multipart(FILLER).replace(b"preamble", b"preamble HollowedLines0"),
+        _multipart(FILLER).replace(b"preamble", b"HollowedLines0 SetAsideLines PlaceholderLines"),
         _multipart(FILLER.replace(b"\r\n", b"\n")),
         _multipart(FILLER.replace(b"\r\n", b"\r")),
         b"Subject: no blank line before the body\r\n" + FILLER,
@@ -80,6 +83,7 @@ def test_random_line_soup_parses_like_the_stdlib(monkeypatch: pytest.MonkeyPatch
         b"--b1", b"--b1--", b"-", b"", b"From me", b"Header: x", b" continued", b"body text",
         b"QUJDREVGRw==", b"Content-Type: multipart/mixed; boundary=b1", b"x\ry", b"\r", b"x\r--b1",
         b"Content-Type: message/rfc822", b"Content-Type: multipart/digest; boundary=b1",
+        b"HollowedLines0", b"SetAsideLines1 PlaceholderLines22",
     ]  # fmt: skip
     rng = random.Random(6)
     for _ in range(2000):
