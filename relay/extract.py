@@ -219,18 +219,19 @@ def _decode_base64(data: bytes) -> bytes:
 
 def _payload_bytes(part: Message) -> tuple[bytes, str | None]:
     """The part's body with its transfer encoding undone, and a note when that went wrong."""
-    payload = part.get_payload()
-    if isinstance(payload, list):
+    # Not get_payload() to find out: for a body with 8-bit bytes it decodes the whole body (the
+    # caller has read it once already, and so met any error that raises).
+    if part.is_multipart():
         return b"", None
     encoding = str(part.get("content-transfer-encoding", "")).strip().lower()
     if "base64" in encoding or encoding == "b":
         # Base64 text is ASCII, so the str payload holds it exactly.
-        raw = str(payload).encode("utf-8", "surrogateescape").strip()
+        raw = str(part.get_payload()).encode("utf-8", "surrogateescape").strip()
         if raw and len(_BASE64_NOISE.findall(raw)) * 20 > len(raw):
             return raw, "declared base64 but is not; read as is"
         return _decode_base64(raw), None
     if ("quoted" in encoding or encoding == "q") and encoding != "quoted-printable":
-        return quopri.decodestring(str(payload).encode("utf-8", "surrogateescape")), None
+        return quopri.decodestring(str(part.get_payload()).encode("utf-8", "surrogateescape")), None
     # The stdlib decodes quoted-printable and uuencode leniently and, for every other
     # encoding, returns the body's raw bytes (8-bit text included, whatever its charset).
     decoded = part.get_payload(decode=True)
@@ -327,6 +328,8 @@ class _Walker:
         if b"\x00" in data[:4096]:
             self.notes.append(f"{origin}: looks binary; not scanned")
             return
+        # Always read: a malformed parameter raises here, which decides what becomes of the
+        # message (and spares the check in `_param` below).
         declared = part.get_content_charset() or (_meta_charset(data) if is_html else None)
         text, note = decode_bytes(data, declared)
         if note:
@@ -380,6 +383,11 @@ def _unix_line_ends(text: str) -> str:
 
 def _filename(part: Message) -> str | None:
     try:
+        if not (
+            _may_have_param(part, "content-disposition", "name")
+            or _may_have_param(part, "content-type", "name")
+        ):
+            return None  # the common case, without parsing the parameters twice
         name = part.get_filename()
     except Exception:  # malformed RFC 2231 parameters
         return None
@@ -388,7 +396,21 @@ def _filename(part: Message) -> str | None:
     return decode_header(str(name)).strip() or None
 
 
+def _may_have_param(part: Message, header: str, name: str) -> bool:
+    """False when `part`'s `header` cannot have a parameter `name`: the name is not in it.
+
+    Reading the parameters (`get_param`) costs a parse of the header in Python, most often to
+    find nothing: `format` or `filename` are rare. A parse can also raise (malformed RFC 2231
+    continuations of any parameter): only where that is caught, or cannot happen any more,
+    may this check stand in for it.
+    """
+    value = part.get(header)
+    return value is not None and name in str(value).lower()
+
+
 def _param(part: Message, name: str) -> str:
+    if not _may_have_param(part, "content-type", name):
+        return ""
     value = part.get_param(name)
     return value.strip().lower() if isinstance(value, str) else ""
 

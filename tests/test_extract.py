@@ -278,6 +278,33 @@ def test_format_flowed_is_joined() -> None:
     assert texts(extract(raw))["text"] == "Please leave a 5-star review."
 
 
+def test_parameter_names_in_any_case_or_continued_are_read() -> None:
+    # Parameters are looked for only where their name appears; it may appear in any case.
+    raw = message(
+        "Please leave a 5-st \r\nar review.\r\n",
+        content_type="text/plain; CHARSET=utf-8; Format=Flowed; DELSP=yes",
+    )
+    assert texts(extract(raw))["text"] == "Please leave a 5-star review."
+    raw = multipart(
+        "mixed",
+        entity(
+            "one", 'Content-Type: text/plain\nContent-Disposition: attachment; FileName="a.txt"'
+        ),
+        entity("two", 'Content-Type: text/plain; NAME="b.txt"\nContent-Disposition: attachment'),
+        entity(
+            "three",
+            "Content-Type: text/plain\nContent-Disposition: attachment; "
+            'filename*0="c"; filename*1=".txt"',
+        ),
+    )
+    assert texts(extract(raw)) == {
+        "subject": "Hi",
+        "attachment:a.txt": "one",
+        "attachment:b.txt": "two",
+        "attachment:c.txt": "three",
+    }
+
+
 # Attachments ----------------------------------------------------------------------------------
 
 
