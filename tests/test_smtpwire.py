@@ -30,6 +30,35 @@ def test_installed_where_aiosmtplib_looks_them_up() -> None:
     assert protocol.normalize_message_line_endings is smtpwire.normalize_message_line_endings
 
 
+def quoted(quote: object, address: str) -> object:
+    """What quote makes of address, or the type of the exception it raises."""
+    try:
+        return quote(address)  # type: ignore[operator]
+    except Exception as exc:
+        return type(exc)
+
+
+def test_addresses_are_quoted_as_aiosmtplib_quotes_them() -> None:
+    rng = random.Random(12)
+    alphabet = "ab.@<>()\"[] \t\\-+=_:,;!#$%&'*/?^`{|}~\u00e9\r\n\x00"
+    generated = [
+        "".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 24))) for _ in range(20000)
+    ]
+    plain_like = [
+        rng.choice(["a", "b.c", "x+y", "q=1", "o'k", "=?u?q?x?="])
+        + "@"
+        + rng.choice(["d", "e.f", "g-h.i", "-x.y", "x..y", "x.", "[1.2.3.4]"])
+        + rng.choice(["", " ", ".", ">"])
+        for _ in range(3000)
+    ]
+    fast_paths = 0
+    for address in ["", "<>", "a@b", " a@b", "a@b ", "A <a@b>", *generated, *plain_like]:
+        expected = quoted(smtpwire._original_quote_address, address)
+        assert quoted(smtpwire.quote_address, address) == expected, address
+        fast_paths += bool(smtpwire.PLAIN_ADDRESS.fullmatch(address))
+    assert fast_paths > 300  # the comparison covered the shortcut, not only the parser
+
+
 def test_same_bytes_as_aiosmtplib_on_random_messages() -> None:
     rng = random.Random(11)
     alphabet = [b"a", b".", b"\r\n", b"\n", b"\r", b"..", b"\r\n.", b"\n.", b" ", b"\xc3\xa4"]
