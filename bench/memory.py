@@ -22,9 +22,8 @@ LIMIT_MIB = 1.5 * 1024
 class MemoryRelayTarget(RelayTarget):
     """outbox-relay with room for every session: what is measured is memory, not admission.
 
-    With listen.workers each relay process admits its share of limits.max_connections, and
-    the kernel's SO_REUSEPORT spreading is uneven, so 100 sessions against the default 100
-    would see a few refused (421) and the peak would cover fewer messages.
+    100 sessions against the default limits.max_connections of 100 would leave no room for a
+    connection a moment early, and the peak would cover fewer messages.
     """
 
     def config_text(self) -> str:

@@ -435,7 +435,7 @@ class ListenConfig:
     workers: int = setting(
         0,
         integer(0, 64),
-        "relay processes sharing the port (SO_REUSEPORT); 0: one per CPU (needs a restart)",
+        "relay processes accepting on one port; 0: one per CPU (needs a restart)",
     )
 
     @property

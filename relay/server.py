@@ -75,7 +75,8 @@ REOPEN_SIGNAL = signal.SIGUSR1
 class WorkerRole:
     """This relay is worker `index` of `count`, sharing `port` with its siblings.
 
-    A worker listens with SO_REUSEPORT on the port its supervisor reserved, appends its audit
+    A worker accepts connections from the listening sockets its supervisor opened (their file
+    descriptors `fds`, inherited), appends its audit
     lines to `audit.path` (or writes them to standard output, a pipe the supervisor merges into
     its own), admits its share of `limits.max_connections`, and stops when its standard input
     closes (the supervisor is gone).
@@ -86,17 +87,24 @@ class WorkerRole:
     port: int
     # The supervisor's session board (see SessionBoard), from SESSIONS_ENV.
     board: str | None = None
+    fds: tuple[int, ...] = ()
 
     def to_env(self) -> str:
-        return f"{self.index}/{self.count}/{self.port}"
+        return f"{self.index}/{self.count}/{self.port}/{','.join(map(str, self.fds))}"
 
     @classmethod
     def from_env(cls) -> WorkerRole | None:
         text = os.environ.get(WORKER_ENV)
         if not text:
             return None
-        index, count, port = (int(part) for part in text.split("/"))
-        return cls(index, count, port, os.environ.get(SESSIONS_ENV) or None)
+        index, count, port, fds = text.split("/")
+        return cls(
+            int(index),
+            int(count),
+            int(port),
+            os.environ.get(SESSIONS_ENV) or None,
+            tuple(int(fd) for fd in fds.split(",") if fd),
+        )
 
     def share(self, limit: int) -> int:
         """This worker's part of a limit the config sets for the whole relay."""
@@ -440,7 +448,7 @@ class RelayServer:
         self.stopped = asyncio.Event()
         self.hostname = config.listen.hostname or ""
         self.port = 0
-        self._server: asyncio.Server | None = None
+        self._servers: list[asyncio.Server] = []
         self._runtime: Runtime | None = None
         self._handler: RelayHandler | None = None
         self._background: set[asyncio.Task[Any]] = set()
@@ -578,23 +586,29 @@ class RelayServer:
         listen = self.config.listen
         try:
             if self.worker is None:
-                self._server = await loop.create_server(self._protocol, listen.host, listen.port)
+                self._servers = [await loop.create_server(self._protocol, listen.host, listen.port)]
             else:
-                self._server = await loop.create_server(
-                    self._protocol, listen.host, self.worker.port, reuse_port=True
-                )
+                if not self.worker.fds:
+                    raise RelayError("a relay worker needs its supervisor's listening sockets")
+                # A socket of its own on the supervisor's listening socket: every worker
+                # accepts from the same queue, and closing ours leaves the others listening.
+                for fd in self.worker.fds:
+                    shared = socket.socket(fileno=os.dup(fd))
+                    self._servers.append(await loop.create_server(self._protocol, sock=shared))
         except BaseException:
+            for server in self._servers:
+                server.close()
             close_scanner(self._runtime.scan)
             audit.close()
             raise
-        self.port = self._server.sockets[0].getsockname()[1]
+        self.port = self._servers[0].sockets[0].getsockname()[1]
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop accepting, let transactions in flight finish within `grace` seconds, then close.
 
         `grace` defaults to `limits.shutdown_timeout`.
         """
-        if self._server is None:
+        if not self._servers:
             return
         if self.stopping:
             await self.stopped.wait()
@@ -603,7 +617,8 @@ class RelayServer:
         sd_notify("STOPPING=1")
         if grace is None:
             grace = self.config.limits.shutdown_timeout
-        self._server.close()
+        for server in self._servers:
+            server.close()
         for protocol in list(self.sessions):
             if protocol.idle:
                 protocol.close_idle()
@@ -618,8 +633,9 @@ class RelayServer:
         if handlers:
             # Closing cancels each session's task; let them log what they were doing.
             await asyncio.wait(handlers, timeout=5)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._server.wait_closed(), 1)
+        for server in self._servers:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(server.wait_closed(), 1)
         await close_idle_connections(self.runtime.forwarder)
         close_scanner(self.runtime.scan)
         # Let audit lines scheduled right after a final reply reach the queue.

@@ -2,14 +2,17 @@
 
 One Python process scans on one core at a time (the GIL), and scanning is most of a message's
 cost. With `listen.workers: N` above 1, `outbox-relay serve` becomes a supervisor that starts N
-ordinary relay processes (`serve` again, told their role through WORKER_ENV). Each listens on
-the same address and port with SO_REUSEPORT, so the kernel spreads connections over them;
+ordinary relay processes (`serve` again, told their role through WORKER_ENV). Each accepts
+connections from the same listening sockets, which the supervisor opens and hands down, so a
+new connection goes to a worker that is waiting for one (as with Postfix's smtpd processes);
 each loads the config and the rule packs itself and is, for a client, the whole relay.
 
 The supervisor keeps the outside contracts of a single relay:
-- the port: it binds (without listening) the address first, with SO_REUSEPORT, so `port: 0`
-  picks one free port for all workers and no other program can take it while a worker
-  restarts;
+- the port: it binds and listens itself, so `port: 0` picks one free port for all workers,
+  and a connection that arrives while a worker restarts waits in the queue for another.
+  (With SO_REUSEPORT the kernel hashed each connection to one worker, busy or not: on the
+  benchmark's mix of one message per connection, one worker queued while the other idled,
+  and the relay got about 20% less mail through);
 - one audit log: every process appends its own lines to `audit.path`, opened with O_APPEND,
   whole lines in one write each, so lines never interleave (relay.audit); each reopens the
   file after logrotate, and on SIGHUP (the supervisor passes it on to the workers). Copying
@@ -68,14 +71,12 @@ READY_TIMEOUT = 120.0
 # Beyond `limits.shutdown_timeout`: time for a worker to close its sessions and exit.
 STOP_MARGIN = 10.0
 RESTART_DELAY_MAX = 30.0
+# asyncio's own default for create_server(), as a single relay process listens.
+LISTEN_BACKLOG = 100
 
 
-def reserve_port(host: str, port: int) -> tuple[list[socket.socket], int]:
-    """Bind (not listen) every address of host:port with SO_REUSEPORT; the sockets and port.
-
-    Workers bind the same port with SO_REUSEPORT and listen; the kernel hands connections
-    only to listening sockets, so these just hold the port.
-    """
+def listening_sockets(host: str, port: int) -> tuple[list[socket.socket], int]:
+    """Listen on every address of host:port; the sockets (for the workers) and the port."""
     infos = socket.getaddrinfo(
         host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP, flags=socket.AI_PASSIVE
     )
@@ -85,10 +86,10 @@ def reserve_port(host: str, port: int) -> tuple[list[socket.socket], int]:
             sock = socket.socket(family, kind, proto)
             sockets.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             sock.bind((address[0], port, *address[2:]))
+            sock.listen(LISTEN_BACKLOG)
             port = port or sock.getsockname()[1]
     except BaseException:
         for sock in sockets:
@@ -119,6 +120,7 @@ class Supervisor:
         self.count = config.listen.effective_workers
         self.workers = [Worker(index) for index in range(1, self.count + 1)]
         self.port = 0
+        self._listening: list[socket.socket] = []
         self.stopping = False
         self.started = False
         self._audit: AuditLog | None = None
@@ -138,7 +140,9 @@ class Supervisor:
 
     async def run(self) -> int:
         """Serve until SIGTERM; the exit status (a worker's, if one could not start)."""
-        reserved, self.port = reserve_port(self.config.listen.host, self.config.listen.port)
+        self._listening, self.port = listening_sockets(
+            self.config.listen.host, self.config.listen.port
+        )
         try:
             try:
                 self._audit = AuditLog(self.config.audit.path)
@@ -151,7 +155,7 @@ class Supervisor:
                 await asyncio.to_thread(self.audit.close)
                 self._close_notify_socket()
         finally:
-            for sock in reserved:
+            for sock in self._listening:
                 sock.close()
 
     async def _run(self) -> int:
@@ -183,7 +187,8 @@ class Supervisor:
 
     async def _start(self, worker: Worker) -> None:
         assert self._notify_dir is not None
-        role = WorkerRole(worker.index, self.count, self.port)
+        fds = tuple(sock.fileno() for sock in self._listening)
+        role = WorkerRole(worker.index, self.count, self.port, fds=fds)
         env = {
             **os.environ,
             WORKER_ENV: role.to_env(),
@@ -200,6 +205,7 @@ class Supervisor:
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             env=env,
+            pass_fds=fds,
         )
         worker.process = process
         worker.ready = asyncio.get_running_loop().create_future()

@@ -24,7 +24,7 @@ import pytest
 from relay.config import ConfigError, load_config
 from relay.handler import RelaySession
 from relay.server import RelayServer, SessionBoard, WorkerRole, clean_scanner
-from relay.supervisor import reserve_port
+from relay.supervisor import listening_sockets
 from tests.support import MESSAGE, Sink, make_message, send, spawn_serve
 from tests.test_lifecycle_process import Process
 from tests.test_server import notify_socket, received
@@ -277,6 +277,26 @@ async def test_a_dead_worker_is_logged_and_replaced(
     assert [reply.code for reply in replies] == [250] * 8
 
 
+async def test_a_worker_that_cannot_accept_leaves_connections_to_the_others(
+    serve_workers: Callable[..., Any], sink: Sink
+) -> None:
+    """Workers accept from the supervisor's one queue: a stalled worker is simply passed by.
+
+    With SO_REUSEPORT the kernel would hash about half of these connections to the stopped
+    worker, and they would wait there.
+    """
+    relay, _, _ = await serve_workers(sink.upstream())
+    stalled, working = children(relay.process.pid)
+    os.kill(stalled, signal.SIGSTOP)
+    try:
+        replies = [await asyncio.wait_for(send(relay.port), 10) for _ in range(12)]
+    finally:
+        os.kill(stalled, signal.SIGCONT)
+    assert [reply.code for reply in replies] == [250] * 12
+    assert len(sink.messages) == 12
+    assert children(relay.process.pid) == [stalled, working]
+
+
 async def test_workers_stop_when_the_supervisor_is_killed(
     serve_workers: Callable[..., Any], sink: Sink
 ) -> None:
@@ -288,7 +308,7 @@ async def test_workers_stop_when_the_supervisor_is_killed(
 
 
 def test_worker_role_shares_the_connection_limit() -> None:
-    role = WorkerRole(index=1, count=3, port=10025)
+    role = WorkerRole(index=1, count=3, port=10025, fds=(5, 6))
     assert WorkerRole.from_env() is None
     assert role.share(100) == 34 and role.share(1) == 1
     os.environ["OUTBOX_RELAY_WORKER"] = role.to_env()
@@ -326,10 +346,13 @@ async def two_workers(
         )
     )
     config = load_config(path)
-    sockets, port = reserve_port("127.0.0.1", 0)
+    sockets, port = listening_sockets("127.0.0.1", 0)
     board_path = str(board) if board is not None else None
+    fds = tuple(sock.fileno() for sock in sockets)
     servers = [
-        RelayServer(config, make_scanner=clean_scanner, worker=WorkerRole(i, 2, port, board_path))
+        RelayServer(
+            config, make_scanner=clean_scanner, worker=WorkerRole(i, 2, port, board_path, fds)
+        )
         for i in (1, 2)
     ]
     try:
