@@ -263,7 +263,10 @@ async def _mail(
     mail_options = _body_options(options, client)
     if client.supports_extension("size"):
         # RFC 1870: the octets as sent after DATA, CRLF pairs included (as sendmail() counts).
-        size = len(smtpwire.normalize_message_line_endings(data))
+        if isinstance(client, smtpwire.StreamingSMTP):
+            size = len(client.normalized(data))  # DATA uses it again
+        else:
+            size = len(smtpwire.normalize_message_line_endings(data))
         mail_options.insert(0, f"size={size}")
     try:
         await client.mail(_reverse_path(mail_from), options=mail_options, encoding="ascii")

@@ -101,6 +101,18 @@ class StreamingSMTP(aiosmtplib.SMTP):
     own size and a few buffers. Replies, errors and timeouts are those of `SMTP.data`.
     """
 
+    _normalized: tuple[bytes, bytes] | None = None
+
+    def normalized(self, message: bytes) -> bytes:
+        """message with CRLF line endings, as DATA sends it and SIZE= counts it.
+
+        Computed once for MAIL FROM's SIZE= and DATA both: checking the line endings of
+        a message is three passes over it.
+        """
+        if self._normalized is None or self._normalized[0] is not message:
+            self._normalized = (message, _protocol.normalize_message_line_endings(message))
+        return self._normalized[1]
+
     async def data(
         self,
         message: str | bytes,
@@ -113,9 +125,9 @@ class StreamingSMTP(aiosmtplib.SMTP):
             return await super().data(message, timeout=timeout)
         await self._ehlo_or_helo_if_needed()
         wait = self.timeout if timeout is Default.token else timeout
-        payload = _protocol.PERIOD_REGEX.sub(
-            b"..", _protocol.normalize_message_line_endings(message)
-        )
+        normalized = self.normalized(message)
+        self._normalized = None
+        payload = _protocol.PERIOD_REGEX.sub(b"..", normalized)
         try:
             return await _stream_data(protocol, payload, wait)
         except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError):

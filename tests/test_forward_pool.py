@@ -174,3 +174,18 @@ async def test_fresh_connection_answering_421_at_mail_from_is_not_retried(
     assert len(counting_sink.protocols) == 1
     [line] = await relay.messages()
     assert line["upstream_reply"] == "421 4.4.2 sink.test Error: timeout exceeded"
+
+
+async def test_size_announced_at_mail_from_is_each_messages_own(
+    counting_sink: CountingSink, write_config: WriteConfig, start_relay: StartRelay
+) -> None:
+    """SIZE= comes from the message DATA then sends, computed once, for each message anew."""
+    relay = await start_relay(write_config(upstream=counting_sink.upstream()))
+    bodies = [make_message(body="short"), make_message(body="longer\r\n" * 500)]
+    for body in bodies:
+        assert (await relay.send(body)).code == 250
+    assert [m.data for m in counting_sink.messages] == bodies
+    assert [m.mail_options for m in counting_sink.messages] == [
+        [f"SIZE={len(body)}"] for body in bodies
+    ]
+    assert len(counting_sink.protocols) == 1
