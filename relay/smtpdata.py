@@ -226,12 +226,11 @@ class FastDataMixin:
         saved_limit = reader._limit  # type: ignore[attr-defined]
         reader._limit = max(CHUNK_LIMIT, saved_limit)  # type: ignore[attr-defined]
         try:
-            result = await asyncio.wait_for(
-                read_data(
+            # asyncio.timeout rather than wait_for: no task of its own for every message.
+            async with asyncio.timeout(self.data_timeout):
+                result = await read_data(
                     reader, self.data_size_limit, self.line_length_limit, self._reset_timeout
-                ),
-                self.data_timeout,
-            )
+                )
         except TimeoutError:
             # A client trickling its message to hold a connection slot: give up on it.
             with contextlib.suppress(ConnectionError):
