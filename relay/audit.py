@@ -13,6 +13,7 @@ end and writes under the file's lock, whatever the size (not so on NFS).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import queue
 import sys
@@ -63,7 +64,10 @@ class _LineWriter:
 
     def __init__(self, target: Path | None) -> None:
         self.target = target
-        self._queue: queue.SimpleQueue[str | _Barrier | _Reopen | _Stop] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[list[str] | _Barrier | _Reopen | _Stop] = queue.SimpleQueue()
+        # Lines of this turn of the event loop, handed to the thread together at its end.
+        self._pending: list[str] = []
+        self._lock = threading.Lock()
         self._fd: int | None = None
         self._inode: tuple[int, int] | None = None
         self._checked = 0.0
@@ -75,22 +79,46 @@ class _LineWriter:
 
     # Called on the event loop: never blocks.
     def msg(self, line: str) -> None:
-        self._queue.put(line)
+        """Queue a line; on an event loop, with the others of the same turn of the loop.
+
+        Each hand-off wakes the writer thread (a futex call and a GIL hand-over, about as
+        costly as rendering the line); a session's lines and those of sessions served in the
+        same turn go over together.
+        """
+        with self._lock:
+            if self._pending:
+                self._pending.append(line)
+                return
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # a thread without a loop (the CLI, a test)
+                self._queue.put([line])
+                return
+            self._pending.append(line)
+        loop.call_soon(self._hand_over)
 
     info = warning = error = msg
 
+    def _hand_over(self, then: _Barrier | _Reopen | _Stop | None = None) -> None:
+        with self._lock:
+            if self._pending:
+                self._queue.put(self._pending)
+                self._pending = []
+            if then is not None:
+                self._queue.put(then)
+
     def reopen(self) -> None:
-        self._queue.put(_Reopen())
+        self._hand_over(_Reopen())
 
     def flush(self, timeout: float | None = 5.0) -> bool:
         """Block until every line queued so far is written; True unless it timed out."""
         barrier = _Barrier()
-        self._queue.put(barrier)
+        self._hand_over(barrier)
         return barrier.done.wait(timeout)
 
     def close(self, timeout: float | None = 5.0) -> None:
         if self._thread.is_alive():
-            self._queue.put(_Stop())
+            self._hand_over(_Stop())
             self._thread.join(timeout)
 
     # The writer thread.
@@ -126,8 +154,8 @@ class _LineWriter:
                     break
             lines: list[str] = []
             for entry in batch:
-                if isinstance(entry, str):
-                    lines.append(entry)
+                if isinstance(entry, list):
+                    lines.extend(entry)
                     continue
                 self._write(lines)
                 lines = []

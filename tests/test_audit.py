@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -273,3 +275,26 @@ def test_a_burst_of_lines_is_written_completely_and_in_order(tmp_path: Path) -> 
     log.close()
 
     assert [line["n"] for line in read_lines(tmp_path / "audit.log")] == list(range(5000))
+
+
+async def test_lines_of_one_turn_of_the_loop_go_together_in_order(tmp_path: Path) -> None:
+    path = tmp_path / "audit.log"
+    log = AuditLog(path)
+    try:
+        for n in range(3):
+            log.emit("error", n=n)
+        # A thread's line while those still wait for the end of the loop's turn: after them.
+        thread = threading.Thread(target=log.emit, args=("error",), kwargs={"n": 3})
+        thread.start()
+        thread.join()
+        assert log.flush()  # hands over what waits, without the loop's help
+        assert [line["n"] for line in read_lines(path)] == [0, 1, 2, 3]
+        log.emit("error", n=4)
+        log.emit("error", n=5)
+        await asyncio.sleep(0)  # the end of the turn hands them over
+        assert log.flush()
+        assert [line["n"] for line in read_lines(path)] == [0, 1, 2, 3, 4, 5]
+        log.emit("error", n=6)
+    finally:
+        log.close()  # writes what the loop has not handed over yet
+    assert [line["n"] for line in read_lines(path)] == list(range(7))
