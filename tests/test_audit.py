@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import re
 import threading
+from collections.abc import MutableMapping
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -298,3 +301,42 @@ async def test_lines_of_one_turn_of_the_loop_go_together_in_order(tmp_path: Path
     finally:
         log.close()  # writes what the loop has not handed over yet
     assert [line["n"] for line in read_lines(path)] == list(range(7))
+
+
+class Opaque:
+    def __repr__(self) -> str:
+        return "<opaque>"
+
+
+class Loggable:
+    def __structlog__(self) -> str:
+        return "as structlog shows it"
+
+
+def test_lines_render_as_structlogs_timestamper_and_json_renderer_render_them() -> None:
+    import structlog
+
+    def reordered(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> dict[str, Any]:
+        return {"ts": event_dict.pop("ts"), "event": event_dict.pop("event"), **event_dict}
+
+    reference = [
+        structlog.processors.TimeStamper(fmt="iso", utc=True, key="ts"),
+        reordered,
+        structlog.processors.JSONRenderer(ensure_ascii=False),
+    ]
+    samples: list[dict[str, Any]] = [
+        {"event": "message", "subject": 'Caf\u00e9 \u2605 "quoted" \\ \n', "size": 5, "x": None},
+        {"event": "error", "hits": [{"rule": "a", "excerpt": "\u65e5\u672c"}], "ok": True},
+        {"event": "e", "ts": "given", "n": 1.5, "o": Opaque(), "l": Loggable(), "t": (1, 2)},
+        {"event": "session.connect"},
+    ]
+    stamp = re.compile(r'^\{"ts": "\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{6})?Z", ')
+    for sample in samples:
+        mine: Any = dict(sample)
+        theirs: Any = dict(sample)
+        for step in (audit_module._stamped, audit_module._rendered):
+            mine = step(None, "msg", mine)
+        for processor in reference:
+            theirs = processor(None, "msg", theirs)
+        assert stamp.match(mine) and stamp.match(theirs), mine
+        assert stamp.sub("", mine) == stamp.sub("", theirs)
