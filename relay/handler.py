@@ -17,7 +17,7 @@ import math
 import re
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -210,6 +210,12 @@ class RelayHandler:
     def _scan_budget(self, runtime: Runtime) -> int:
         return max(1, math.ceil(runtime.config.limits.max_concurrent_scan_size / self.workers))
 
+    def __dir__(self) -> Iterable[str]:
+        # aiosmtpd looks for hooks and AUTH mechanisms with dir() and inspect.getmembers() on
+        # every new connection, and a method named auth_* would be offered as a mechanism:
+        # it sees the hooks only (evaluating every attribute cost 4% of the relay's CPU).
+        return _HOOK_NAMES
+
     @property
     def runtime(self) -> Runtime:
         return self._runtime
@@ -282,7 +288,7 @@ class RelayHandler:
         entry = self.runtime.config.auth.users.get(user)
         return entry is not None and sender_allowed(address, entry.allowed_senders)
 
-    def auth_failed(self, session: RelaySession, user: str, mechanism: str) -> None:
+    def authentication_failed(self, session: RelaySession, user: str, mechanism: str) -> None:
         """Log a failed AUTH: who and how, never the password."""
         self.runtime.audit.emit(
             events.EVENT_ERROR,
@@ -510,3 +516,6 @@ class RelayHandler:
             events.EVENT_ERROR, stage="command", error=f"{type(error).__name__}: {error}"
         )
         return TEMPORARY_FAILURE
+
+
+_HOOK_NAMES = tuple(name for name in dir(RelayHandler) if name.startswith("handle_"))

@@ -330,7 +330,7 @@ class RelaySMTP(FastDataMixin, SMTP):
             # Keep the login only: the session must not carry the password around.
             return AuthResult(success=True, auth_data=LoginPassword(login, b""))
         assert isinstance(self.session, RelaySession)
-        self.relay_handler.auth_failed(self.session, user, mechanism)
+        self.relay_handler.authentication_failed(self.session, user, mechanism)
         await asyncio.sleep(auth.failure_delay)  # slows guessing without blocking others
         self.auth_failures += 1
         if self.auth_failures >= auth.max_failures and self.transport is not None:
