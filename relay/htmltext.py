@@ -51,7 +51,6 @@ _BLOCK_BREAKS = {**dict.fromkeys(_LINE_TAGS, 1), **dict.fromkeys(_PARAGRAPH_TAGS
 # Elements whose content `_render_plain` leaves to the renderer: preformatted or skipped as
 # markup (script and style bodies it skips itself).
 _HANDED_OVER_TAGS = _PREFORMATTED_TAGS | (_SKIPPED_TAGS - {"script", "style"})
-_NO_ATTRIBUTES: dict[str, str] = {}  # never written to
 
 FORWARD_MARKERS = (
     "forwarded message",
@@ -105,7 +104,7 @@ _PLAIN_ATTRIBUTE = re.compile(
 _PLAIN_MARKUP = re.compile(
     r"<(?:"
     r"(?P<start>[a-zA-Z][-a-zA-Z0-9_:.]*)(?P<attrs>(?:" + _PLAIN_ATTRIBUTE.pattern + r")*)"
-    r"[ \t\n\r\f]*(?P<close>/?)>"
+    r"[ \t\n\r\f]*(?P<close>/)?>"
     r"|/(?P<end>[a-zA-Z][-a-zA-Z0-9_:.]*)[ \t\n\r\f]*>"
     r"|!--(?![->])(?:[^-]|-(?!-))*(?<!-)-->"
     r"|![dD][oO][cC][tT][yY][pP][eE][^<>]*>"
@@ -116,7 +115,12 @@ _PLAIN_END_TAG = re.compile(r"</([a-zA-Z][-a-zA-Z0-9_:.]*)[ \t\n\r\f]*>")
 # The text up to a tag and the tag, in one match (`_render_plain`). Possessive: on markup
 # outside the subset the match fails at once instead of giving back the text character by
 # character.
-_PLAIN_TOKEN = re.compile(r"(?P<data>[^<]*+)" + _PLAIN_MARKUP.pattern)
+# After a start tag (not self-closing), the text in the element and its end tag too, when the
+# element holds only text: <p style="...">words</p>.
+_PLAIN_TOKEN = re.compile(
+    r"(?P<data>[^<]*+)(?P<markup>" + _PLAIN_MARKUP.pattern + ")"
+    r"(?(close)|(?:(?P<text>[^<]*+)</(?ai:(?P=start))[ \t\n\r\f]*>)?)"
+)
 # Bodies the stdlib parser reads as text up to their end tag.
 _RAW_TEXT_TAGS = frozenset({"script", "style"})
 # Elements whose bodies some Python versions' parsers read as text and others as markup.
@@ -172,8 +176,9 @@ def _render_plain(html: str, *, strip_quotes: bool, forward: bool) -> str | None
     # (`_tidy_raw`), with line breaks marked; unless the document holds the mark itself.
     raw = _BREAK_MARK not in html
     newline = _BREAK_MARK if raw else "\n"
-    # Mail repeats the same attributes on tag after tag (style="font-family:...").
-    known: dict[str, tuple[dict[str, str], bool]] = {}
+    # Mail repeats the same tags, attributes and all (<p style="font-family:...">): what each
+    # one does is worked out once.
+    actions: dict[str, _Action] = {}
     match_token = _PLAIN_TOKEN.match
     block_breaks = _BLOCK_BREAKS
     position = 0
@@ -191,9 +196,7 @@ def _render_plain(html: str, *, strip_quotes: bool, forward: bool) -> str | None
                     emit(data if raw else _flow(data))
                 # What is still open would close with line breaks only, after the last text.
                 return _tidy_raw(chunks) if raw else _tidy("".join(chunks))
-            data, tag, attributes, close, end_tag = match.group(
-                "data", "start", "attrs", "close", "end"
-            )
+            data, markup, text = match.group("data", "markup", "text")
             if data and "&" in data:
                 data = unescape(data)  # which may leave nothing (&#1;)
             if data:
@@ -201,46 +204,18 @@ def _render_plain(html: str, *, strip_quotes: bool, forward: bool) -> str | None
                     emit(newline * pending)
                     pending = 0
                 emit(data if raw else _flow(data))
-            if tag is not None:
-                tag = tag.lower()
-                if tag in _PLAIN_REFUSED:
-                    return None
-                named = _NO_ATTRIBUTES
-                if attributes:
-                    if attributes not in known:
-                        named = {name: value or "" for name, value in _plain_attributes(attributes)}
-                        known[attributes] = (named, _is_quote_marker(named))
-                    named, quoting = known[attributes]
-                    if quoting and strip_quotes:
-                        break
-                void = bool(close) or tag in _VOID_TAGS
-                if tag in _RAW_TEXT_TAGS and not void:
-                    # Skipped whole: the renderer's state is the same after it as before.
-                    body = _raw_text(html, match.end(), tag)
-                    if body is None:
-                        return None
-                    position = body[1]
-                    continue
-                if (
-                    (tag in _HANDED_OVER_TAGS and not void)
-                    or (tag == "blockquote" and strip_quotes)
-                    or (tag == "a" and _is_contact_link(named))
-                ):
-                    break
-                breaks = block_breaks.get(tag)
-                if breaks is not None:
-                    if breaks > pending:
+            action = actions.get(markup)
+            if action is None:
+                action = actions[markup] = _action(match, strip_quotes=strip_quotes)
+            kind, tag, breaks, shown = action
+            if kind is _OPEN:
+                if breaks:
+                    if breaks < 0:
+                        pending += 1  # <br>: unlike block edges, two in a row make a blank line
+                    elif breaks > pending:
                         pending = breaks
-                elif tag == "br":
-                    pending += 1
-                elif tag in _CELL_TAGS:
-                    if pending:
-                        emit(newline * pending)
-                        pending = 0
-                    emit(" ")
-                if tag == "img" and named.get("alt"):
-                    alt = named["alt"]
-                    if raw and _flow(alt) != alt:
+                if shown:
+                    if raw and _flow(shown) != shown:
                         # Shown as written, unlike text: settle the text so far here instead.
                         chunks[:] = _flowed(chunks)
                         raw = False
@@ -248,24 +223,51 @@ def _render_plain(html: str, *, strip_quotes: bool, forward: bool) -> str | None
                     if pending:
                         emit(newline * pending)
                         pending = 0
-                    emit(alt)
-                if not void:
+                    emit(shown)
+                if tag:
                     open_tags.append(tag)
                     open_count[tag] = open_count.get(tag, 0) + 1
-            elif end_tag is not None:
-                end_tag = end_tag.lower()
-                if open_count.get(end_tag):
+            elif kind is _CLOSE:
+                if open_count.get(tag):
                     while open_tags:
                         closed = open_tags.pop()
                         open_count[closed] -= 1
-                        breaks = block_breaks.get(closed)
-                        if breaks is not None and breaks > pending:
+                        breaks = block_breaks.get(closed, 0)
+                        if breaks > pending:
                             pending = breaks
-                        if closed == end_tag:
+                        if closed == tag:
                             break
-                elif end_tag == "br":
+                elif tag == "br":
                     pending += 1  # browsers treat a stray </br> as <br>
-            # Comments, doctype and processing instructions: the renderer ignores them.
+            elif kind is _RAW_TEXT:
+                # Skipped whole: the renderer's state is the same after it as before.
+                body = _raw_text(html, match.end("markup"), tag)
+                if body is None:
+                    return None
+                position = body[1]
+                continue
+            elif kind is _HAND_OVER:
+                break
+            elif kind is _REFUSED:
+                return None
+            if text is not None:
+                # The element's text and its end tag, which closes just the element (or, for a
+                # void one, is a stray).
+                if "&" in text:
+                    text = unescape(text)
+                if text:
+                    if pending:
+                        emit(newline * pending)
+                        pending = 0
+                    emit(text if raw else _flow(text))
+                if tag:
+                    open_tags.pop()
+                    open_count[tag] -= 1
+                    breaks = block_breaks.get(tag, 0)
+                    if breaks > pending:
+                        pending = breaks
+                elif breaks < 0:
+                    pending += 1  # </br>, as <br>
             position = match.end()
     except Exception:  # as in `_feed_plain`: the stdlib path gives the same outcome its own way
         return None
@@ -275,6 +277,44 @@ def _render_plain(html: str, *, strip_quotes: bool, forward: bool) -> str | None
     if not _feed_plain(renderer, html, match.end("data")):
         return None
     return renderer.text()
+
+
+# What a tag does in `_render_plain`: (kind, tag, breaks, text shown). An _OPEN tag asks for
+# `breaks` line breaks (-1: one more, as <br> does), shows its text and is pushed on the open
+# elements unless the tag is "" (void); a _CLOSE tag closes up to `tag`; _IGNORED (comments,
+# doctype, processing instructions) does nothing; _RAW_TEXT is a script or style whose body
+# is skipped; _HAND_OVER needs the renderer (`_Renderer`); _REFUSED is outside the plain subset.
+_Action = tuple[str, str, int, str]
+_OPEN, _CLOSE, _IGNORED, _RAW_TEXT, _HAND_OVER, _REFUSED = (
+    "open", "close", "ignored", "raw text", "hand over", "refused"
+)  # fmt: skip
+
+
+def _action(match: re.Match[str], *, strip_quotes: bool) -> _Action:
+    """What the tag `match` ends with does in `_render_plain` (see `_Action`)."""
+    tag, attributes, close, end_tag = match.group("start", "attrs", "close", "end")
+    if end_tag is not None:
+        return (_CLOSE, end_tag.lower(), 0, "")
+    if tag is None:
+        return (_IGNORED, "", 0, "")
+    tag = tag.lower()
+    if tag in _PLAIN_REFUSED:
+        return (_REFUSED, tag, 0, "")
+    named = {name: value or "" for name, value in _plain_attributes(attributes)}
+    if strip_quotes and _is_quote_marker(named):
+        return (_HAND_OVER, tag, 0, "")
+    void = bool(close) or tag in _VOID_TAGS
+    if tag in _RAW_TEXT_TAGS and not void:
+        return (_RAW_TEXT, tag, 0, "")
+    if (
+        (tag in _HANDED_OVER_TAGS and not void)
+        or (tag == "blockquote" and strip_quotes)
+        or (tag == "a" and _is_contact_link(named))
+    ):
+        return (_HAND_OVER, tag, 0, "")
+    breaks = -1 if tag == "br" else _BLOCK_BREAKS.get(tag, 0)
+    shown = " " if tag in _CELL_TAGS else named.get("alt", "") if tag == "img" else ""
+    return (_OPEN, "" if void else tag, breaks, shown)
 
 
 def _feed_plain(parser: HTMLParser, html: str, start: int = 0) -> bool:

@@ -305,7 +305,8 @@ _RENDER_PIECES = [
     "&#13;", "AT&T", "日本", "語", "\xa0", "\u3000", "---------- Forwarded message ---------",
     "On Mon, Jan 1, 2024 Sam <s@x.example> wrote:", "<title>t</title>", "<p", "</", "<",
     "<img alt='a\tb'>", "<img alt='x\n y'>", "<img alt='p  q'>", "&#1;", "&#26085;", "\ue000",
-    "\x00", "\xa0\n", "\v",
+    "\x00", "\xa0\n", "\v", "<P>", "<p/>", "</img>", "</br >", "<td>cell text</TD>",
+    "<p style='x'>whole</p>", "<br>after</br>", "<li>item</li >",
 ]  # fmt: skip
 
 
@@ -345,3 +346,20 @@ def test_fused_rendering_gives_up_where_the_plain_subset_ends(html: str) -> None
     assert _render_plain(_defuse(html), strip_quotes=True, forward=False) is None
     expected = _stdlib_text(html, strip_quotes=True, forward=False)
     assert html_to_text(html, strip_quotes=True) == expected
+
+
+@pytest.mark.parametrize(
+    "html",
+    [
+        "<p>a<p/>b</p>c",  # a self-closing start tag: its end tag closes the outer element
+        "<div>x<div/>y</div>z",
+        "<P style='x'>t</p><B>u</b>",
+        "<br>x</br>y<img alt=z>w</img>",
+        "<style>a</style>shown<style>b</style>",
+        "<td>a</td><td>&amp;b</td>",
+        "<li>x</li ><li></li>",
+    ],
+)
+def test_elements_holding_only_text_render_as_the_stdlib_parser_reads_them(html: str) -> None:
+    expected = _stdlib_text(html, strip_quotes=True, forward=False)
+    assert _render_plain(_defuse(html), strip_quotes=True, forward=False) == expected
