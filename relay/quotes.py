@@ -159,10 +159,21 @@ def _candidate_lines(text: str) -> list[int]:
     character, the plain search skips ahead many times faster.
     """
     has_colon: dict[int, bool] = {}  # line start offset -> whether the line holds a colon
+    last = len(text) - 1
     for char in _SIGNIFICANT:
         colon = char in _COLONS
         position = text.find(char)
         while position >= 0:
+            if (
+                not colon
+                and 0 < position < last
+                and not text[position - 1].isspace()
+                and not text[position + 1].isspace()
+            ):
+                # Inside a word (Buyer-Seller): neither the first nor the last character of its
+                # line, so it cannot make the line a candidate; another one in the line may.
+                position = text.find(char, position + 1)
+                continue
             line_start = text.rfind("\n", 0, position) + 1
             line_end = text.find("\n", position)
             if colon:

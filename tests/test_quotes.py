@@ -203,7 +203,7 @@ _LINES = [
     "   ", "\t", "-- ", "---", "___", "= = =", "**", "*From:* Sam", "a_b", "1 = 1", "2 * 3",
     "-----Original Message-----", "----- Ursprüngliche Nachricht -----",
     "---------- Forwarded message ---------", "Forwarded message:", "Begin forwarded message:",
-    "Forwarded message -----",
+    "Forwarded message -----", "Forwarded message--", ">tight quote",
     "From: Sam Buyer <sam@buyer.example>", "Sent: Monday, June 3, 2024 10:00",
     "To: shop@seller.example", "Subject: Re: order", "Von: Sam", "Gesendet: Montag", "An: x",
     "On Mon, Jun 3, 2024 at 10:00 AM Sam <sam@buyer.example> wrote:", "On Monday 3 June 2024",
