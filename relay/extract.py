@@ -60,6 +60,7 @@ _ENCODED_WORD = re.compile(r"=\?([^?\s]+)\?([bBqQ])\?([^?\s]*)\?=")
 _BETWEEN_ENCODED_WORDS = re.compile(r"(?<=\?=)[ \t]+(?==\?[^?\s]+\?[bBqQ]\?)")
 _FOLD = re.compile(r"\r?\n(?=[ \t])")
 _LONE_CR = re.compile(r"\r(?!\n)")
+_LONE_CR_BYTE = re.compile(rb"\r(?!\n)")
 _BASE64_NOISE = re.compile(rb"[^A-Za-z0-9+/=\s]")
 _BASE64_KEEP = re.compile(rb"[^A-Za-z0-9+/]")
 _META_CHARSET = re.compile(
@@ -331,6 +332,10 @@ class _Walker:
         # Always read: a malformed parameter raises here, which decides what becomes of the
         # message (and spares the check in `_param` below).
         declared = part.get_content_charset() or (_meta_charset(data) if is_html else None)
+        if b"\r" in data and data.isascii() and not _has_jis_escapes(data):
+            # Read as ASCII, one byte to one character: the line ends are the same done on the
+            # bytes, where deleting is more than twice as fast.
+            data = _unix_line_end_bytes(data)
         text, note = decode_bytes(data, declared)
         if note:
             self.notes.append(f"{origin}: {note}")
@@ -379,6 +384,13 @@ def _unix_line_ends(text: str) -> str:
     if _LONE_CR.search(text):
         return text.replace("\r\n", "\n").replace("\r", "\n")
     return text.replace("\r", "")
+
+
+def _unix_line_end_bytes(data: bytes) -> bytes:
+    """`_unix_line_ends` for bytes."""
+    if _LONE_CR_BYTE.search(data):
+        return data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+    return data.replace(b"\r", b"")
 
 
 def _filename(part: Message) -> str | None:

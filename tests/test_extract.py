@@ -278,6 +278,22 @@ def test_format_flowed_is_joined() -> None:
     assert texts(extract(raw))["text"] == "Please leave a 5-star review."
 
 
+@pytest.mark.parametrize(
+    ("body", "encoding", "expected"),
+    [
+        (b"one\r\ntwo\r\nthree", None, "one\ntwo\nthree"),
+        (b"one\r\ntwo\rthree\nfour\r\r\nfive", None, "one\ntwo\nthree\nfour\n\nfive"),
+        ("caf\u00e9\r\ntwo\rthree".encode(), None, "caf\u00e9\ntwo\nthree"),
+        (base64.encodebytes(b"one\r\ntwo\rthree"), "base64", "one\ntwo\nthree"),
+        (base64.encodebytes(b"one\r\ntwo\r\nthree"), "base64", "one\ntwo\nthree"),
+    ],
+)
+def test_line_ends_become_line_feeds(body: bytes, encoding: str | None, expected: str) -> None:
+    # ASCII bodies have their line ends rewritten as bytes, others as text: alike.
+    raw = message(body, content_type="text/plain; charset=utf-8", encoding=encoding)
+    assert texts(extract(raw))["text"] == expected
+
+
 def test_parameter_names_in_any_case_or_continued_are_read() -> None:
     # Parameters are looked for only where their name appears; it may appear in any case.
     raw = message(
