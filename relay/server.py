@@ -64,6 +64,13 @@ IDLE_TIMEOUT = "421 4.4.2 Error: timeout exceeded, closing the connection"
 ScannerFactory = Callable[[Config], ScanFn]
 # Set by relay.supervisor for the relay processes it starts: "INDEX/COUNT/PORT".
 WORKER_ENV = "OUTBOX_RELAY_WORKER"
+# The queue of connections waiting for a worker: asyncio's own default for create_server(),
+# as a single relay process listens.
+LISTEN_BACKLOG = 100
+# How many waiting connections a worker takes at once. On the mix (20 sessions, one message
+# per connection, 4 interleaved rounds of 600) 8 did best: median 457 msg/s, against 398
+# taking one at a time and 373 taking up to 100.
+ACCEPT_BATCH = 8
 SESSIONS_ENV = "OUTBOX_RELAY_SESSIONS"
 # A worker's note to its supervisor, next to READY=1 after a reload: 1 reloaded, 0 failed.
 RELOADED = "X_OUTBOX_RELAY_RELOADED"
@@ -592,9 +599,16 @@ class RelayServer:
                     raise RelayError("a relay worker needs its supervisor's listening sockets")
                 # A socket of its own on the supervisor's listening socket: every worker
                 # accepts from the same queue, and closing ours leaves the others listening.
+                # asyncio accepts up to `backlog` connections each time the socket is ready:
+                # a few, or the first worker to wake would take a whole burst (then listen()
+                # again, for the queue the supervisor asked for).
                 for fd in self.worker.fds:
                     shared = socket.socket(fileno=os.dup(fd))
-                    self._servers.append(await loop.create_server(self._protocol, sock=shared))
+                    server = await loop.create_server(
+                        self._protocol, sock=shared, backlog=ACCEPT_BATCH
+                    )
+                    self._servers.append(server)
+                    shared.listen(LISTEN_BACKLOG)
         except BaseException:
             for server in self._servers:
                 server.close()

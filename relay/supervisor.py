@@ -53,6 +53,7 @@ from relay.audit import AuditLog
 from relay.config import Config, load_config
 from relay.errors import ConfigError, RelayError
 from relay.server import (
+    LISTEN_BACKLOG,
     RELOADED,
     REOPEN_SIGNAL,
     SESSIONS_ENV,
@@ -71,8 +72,6 @@ READY_TIMEOUT = 120.0
 # Beyond `limits.shutdown_timeout`: time for a worker to close its sessions and exit.
 STOP_MARGIN = 10.0
 RESTART_DELAY_MAX = 30.0
-# asyncio's own default for create_server(), as a single relay process listens.
-LISTEN_BACKLOG = 100
 
 
 def listening_sockets(host: str, port: int) -> tuple[list[socket.socket], int]:
