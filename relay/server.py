@@ -760,6 +760,10 @@ class RelayServer:
         await self.start()
         self.install_signal_handlers()
         if self.worker is not None:
+            # Our servers listen on copies; the inherited descriptors would keep the port
+            # listening after stop() closed them, queueing connections nobody will answer.
+            for fd in self.worker.fds:
+                os.close(fd)
             self._watch_supervisor()
         sd_notify("READY=1", f"STATUS=listening on {self.config.listen.host}:{self.port}")
         if ready is not None:

@@ -340,6 +340,10 @@ class Supervisor:
             return
         self.stopping = True
         sd_notify("STOPPING=1")
+        # The workers close their sockets as they stop; once ours is closed too, a new client
+        # is refused at once instead of waiting in the queue while the workers drain.
+        for sock in self._listening:
+            sock.close()
         live = self._live()
         for _, process in live:
             with contextlib.suppress(ProcessLookupError):

@@ -274,6 +274,31 @@ async def test_sigterm_lets_transactions_in_flight_finish_in_every_worker(
         await send(relay.port)
 
 
+async def test_connections_are_refused_once_sigterm_arrived_while_mail_is_in_flight(
+    serve_workers: Callable[..., Any], sink: Sink
+) -> None:
+    relay, _, _ = await serve_workers(sink.upstream())
+    sink.handler.data_delay = 3.0  # within the upstream's timeout
+    sending = asyncio.ensure_future(send(relay.port))
+    await asyncio.wait_for(sink.handler.data_started.wait(), 30)
+    relay.process.send_signal(signal.SIGTERM)
+    # Nobody may take connections into a queue that no worker will serve any more.
+    refused = False
+    for _ in range(40):
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", relay.port)
+        except ConnectionRefusedError:
+            refused = True
+            break
+        writer.close()
+        await asyncio.sleep(0.05)
+    assert refused
+    assert not sending.done()  # still in flight: the refusal came from the shutdown
+    assert (await asyncio.wait_for(sending, 30)).code == 250
+    assert await asyncio.wait_for(relay.process.wait(), 30) == 0
+    assert [m.data for m in sink.messages] == [MESSAGE]
+
+
 async def test_a_dead_worker_is_logged_and_replaced(
     serve_workers: Callable[..., Any], sink: Sink
 ) -> None:
