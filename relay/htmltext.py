@@ -142,10 +142,10 @@ def html_to_text(html: str, *, strip_quotes: bool = False, forward: bool = False
 
     Never raises on malformed markup: the stdlib parser recovers from unclosed and stray tags.
     """
-    html = _defuse(html)
     text = _render_plain(html, strip_quotes=strip_quotes, forward=forward)
     if text is not None:
         return text
+    html = _defuse(html)
     renderer = _Renderer(strip_quotes=strip_quotes, forward=forward)
     try:
         renderer.feed(html)
@@ -156,16 +156,18 @@ def html_to_text(html: str, *, strip_quotes: bool = False, forward: bool = False
 
 
 def _render_plain(html: str, *, strip_quotes: bool, forward: bool) -> str | None:
-    """Render `html` as `_Renderer` does when `_feed_plain` reads it; None when it cannot.
+    """Render `_defuse(html)` as `_Renderer` does when `_feed_plain` reads it; None if it cannot.
 
     Most mail is plain markup whose rendering needs no more than the open elements and the
     pending line breaks: no quote container, no skipped or preformatted element, no contact
     link. For that part of a document, this loop does the tokenizer's and the renderer's work
     in one place, without a method call per tag, and settles the text's whitespace once for
-    the whole document instead of once per piece of text (`_tidy_raw`). At the first tag that
-    needs more, it hands its state to a `_Renderer` and lets `_feed_plain` go on from there;
-    None when that fails (markup outside the plain subset), for the caller to start over with
-    the stdlib parser.
+    the whole document instead of once per piece of text (`_tidy_raw`). A `<` that `_defuse`
+    would escape is read as the text it would become, where it is met: plain markup has no
+    other, outside attribute values, comments and script or style bodies, where escaping
+    changes nothing the renderer sees. At the first tag that needs more, it hands its state to
+    a `_Renderer` and lets `_feed_plain` go on from there; None when that fails (markup
+    outside the plain subset), for the caller to start over with the stdlib parser.
     """
     chunks: list[str] = []
     emit = chunks.append
@@ -182,20 +184,30 @@ def _render_plain(html: str, *, strip_quotes: bool, forward: bool) -> str | None
     match_token = _PLAIN_TOKEN.match
     block_breaks = _BLOCK_BREAKS
     position = 0
+    last_tag_end = html.rfind(">")
     try:
         while True:
             match = match_token(html, position)
             if match is None:
-                rest = html[position:]
-                if "<" in rest:
+                opening = html.find("<", position)
+                if 0 <= opening <= last_tag_end and not _NOT_A_TAG.match(html, opening):
                     return None  # markup outside the plain subset: `_feed_plain` fails there too
-                data = unescape(rest) if "&" in rest else rest
+                # Text to the end, or up to a `<` that opens no tag and with it: text, once
+                # `_defuse` escaped it (as it does every `<` after the last `>`).
+                end = len(html) if opening < 0 or opening > last_tag_end else opening + 1
+                data = html[position:end]
+                if "&" in data:
+                    data = unescape(data)
                 if data:
                     if pending:
                         emit(newline * pending)
+                        pending = 0
                     emit(data if raw else _flow(data))
-                # What is still open would close with line breaks only, after the last text.
-                return _tidy_raw(chunks) if raw else _tidy("".join(chunks))
+                if end == len(html):
+                    # What is still open would close with line breaks only, after the text.
+                    return _tidy_raw(chunks) if raw else _tidy("".join(chunks))
+                position = end
+                continue
             data, markup, text = match.group("data", "markup", "text")
             if data and "&" in data:
                 data = unescape(data)  # which may leave nothing (&#1;)

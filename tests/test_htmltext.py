@@ -306,7 +306,9 @@ _RENDER_PIECES = [
     "On Mon, Jan 1, 2024 Sam <s@x.example> wrote:", "<title>t</title>", "<p", "</", "<",
     "<img alt='a\tb'>", "<img alt='x\n y'>", "<img alt='p  q'>", "&#1;", "&#26085;", "\ue000",
     "\x00", "\xa0\n", "\v", "<P>", "<p/>", "</img>", "</br >", "<td>cell text</TD>",
-    "<p style='x'>whole</p>", "<br>after</br>", "<li>item</li >",
+    "<p style='x'>whole</p>", "<br>after</br>", "<li>item</li >", "<![x", "</ x>", "a < b",
+    "<p title='x < y &amp'>", "<!-- a < b -->", "<style>a < b</style>", "<img alt='</ &lt'>",
+    "<<", "<1", "&amp<", "&lt", "<!x>", "<a href=x< y>", "日 < 語",
 ]  # fmt: skip
 
 
@@ -363,3 +365,11 @@ def test_fused_rendering_gives_up_where_the_plain_subset_ends(html: str) -> None
 def test_elements_holding_only_text_render_as_the_stdlib_parser_reads_them(html: str) -> None:
     expected = _stdlib_text(html, strip_quotes=True, forward=False)
     assert _render_plain(_defuse(html), strip_quotes=True, forward=False) == expected
+
+
+def test_a_less_than_sign_that_opens_no_tag_is_text_on_the_fast_path() -> None:
+    # Outlook's <![if !supportLists]>, a bare `<`, a `</` without a name, `<` after the last `>`.
+    html = "<p>1 < 2 <<![if !supportLists]>item<![endif]></p></ x>tail &amp< <b"
+    expected = _stdlib_text(html, strip_quotes=True, forward=False)
+    assert _render_plain(html, strip_quotes=True, forward=False) == expected
+    assert html_to_text(html, strip_quotes=True) == expected
