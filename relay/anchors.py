@@ -90,7 +90,6 @@ class Regions:
         self.part = weakref.proxy(part)
         self.census = census
         self.text = part.norm.text
-        self._breaks: dict[Scope, list[int]] = {}
         # Keyed by id(): groups live as long as the rule set, and hashing them is slow.
         self._units: dict[tuple[Scope, int], set[int]] = {}
         self._present_terms: dict[int, list[list[int]]] = {}
@@ -176,7 +175,7 @@ class Regions:
                         low, high = sentences.bounds(name)
                         ranges.append((low + 1, min(high + 1, len(self.text))))
                     continue
-                starts = self._starts(scope)
+                starts = self.part.paragraph_starts()  # the only other scope with units
                 for unit in found:
                     # Unit k holds the positions p with starts[k - 1] < p <= starts[k] (the
                     # way bisect numbers them); a break starts with punctuation or a line
@@ -261,7 +260,7 @@ class Regions:
     def _paragraph_numbers(self, key: int | str) -> list[int]:
         found = self._numbers.get(key)
         if found is None:
-            starts = self._starts(Scope.PARAGRAPH)
+            starts = self.part.paragraph_starts()
             found = self._numbers[key] = list(
                 map(partial(bisect.bisect_left, starts), self._places_of(key))
             )
@@ -276,11 +275,4 @@ class Regions:
             else:
                 found = self.census.positions(key)
             self._positions[key] = found
-        return found
-
-    def _starts(self, scope: Scope) -> list[int]:
-        assert scope is Scope.PARAGRAPH
-        found = self._breaks.get(scope)
-        if found is None:
-            found = self._breaks[scope] = self.part.paragraph_starts()
         return found
