@@ -100,6 +100,11 @@ class Chain:
         events = [json.loads(line) for line in self.audit.read_text().splitlines() if line]
         return [e for e in events if e.get("event") == "message"]
 
+    def wait_for_messages(self, count: int) -> list[dict[str, Any]]:
+        """The `message` events once there are `count`: a line follows its reply."""
+        wait_until(lambda: len(self.messages()) >= count, 20, f"{count} audit line(s)")
+        return self.messages()
+
 
 def relay_config(
     tmp_path: Path, position: str, listen_port: int, upstream_port: int
@@ -225,7 +230,7 @@ def test_content_filter_delivers_clean_mail_byte_identical(
     # It really went through the relay: Postfix handed it over, the relay logged a forward.
     relay_hops = delivery_log(content_filter.mta, content_filter.relay.port)
     assert relay_hops and all("status=sent" in line for line in relay_hops)
-    (event,) = content_filter.messages()
+    (event,) = content_filter.wait_for_messages(1)
     assert event["action"] == "forward" and event["verdict"] == "clean"
     assert sorted(event["rcpt_to"]) == sorted(RECIPIENTS)
     assert event["upstream_reply"].startswith("250")
@@ -287,7 +292,7 @@ def test_smarthost_delivers_clean_mail_byte_identical(smarthost: Chain, tmp_path
     transcript = swaks(smarthost.relay.port, CLEAN, tmp_path)
     assert "<-  250 " in transcript
     assert_delivered_intact(smarthost)
-    (event,) = smarthost.messages()
+    (event,) = smarthost.wait_for_messages(1)
     assert event["action"] == "forward" and event["verdict"] == "clean"
     # The relay's reply came after Postfix queued it: Postfix's queue id is in its reply.
     assert "queued as" in event["upstream_reply"]
@@ -320,7 +325,8 @@ def test_smarthost_postfix_down_client_keeps_the_message(smarthost: Chain) -> No
         except smtplib.SMTPResponseException as exc:
             codes = [exc.smtp_code]
     assert codes and all(400 <= code < 500 for code in codes), codes
-    assert all(event["reply"].startswith("4") for event in smarthost.messages())
+    events = smarthost.wait_for_messages(1)
+    assert all(event["reply"].startswith("4") for event in events)
     assert smarthost.sink.received() == []
 
 
@@ -336,7 +342,7 @@ def assert_quarantined_only(chain: Chain, client_port: int) -> None:
     chain.mta.wait_queue(lambda q: q == [], 10, "an empty Postfix queue")
     assert all(b"5-star" not in data for _, _, data in chain.sink.received())
 
-    held = [e for e in chain.messages() if e["action"] == "quarantine"]
+    held = [e for e in chain.wait_for_messages(2) if e["action"] == "quarantine"]
     assert len(held) == 1, chain.messages()
     assert held[0]["verdict"] != "clean" and "positive-review-request" in held[0]["categories"]
     assert held[0]["reply"].startswith("250")
