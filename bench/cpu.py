@@ -1,10 +1,11 @@
 """CPU time a target spends per message: a steadier measure than msg/s on a shared machine.
 
-`python -m bench.cpu [--messages N] [--small] [--variant KEY=VALUE ...]` starts outbox-relay (and,
-with `--naive`, the naive pass-through) on a smtp-sink, sends the mix (or, with `--small`, one
-clean 5 KB message N times) with 20 sessions, and prints the CPU seconds (user + system) the
-target's process tree used, per message. Wall-clock rates on these 2 shared cores swing with
-whatever else runs; CPU per message does not, so before/after comparisons use it.
+`python -m bench.cpu [--messages N] [--small] [--variant KEY=VALUE ...]` starts outbox-relay
+(and, with `--naive` and `--postfix`, the naive pass-through and a private Postfix) on a
+smtp-sink, sends the mix (or, with `--small`, one clean 5 KB message N times) with 20 sessions,
+and prints the CPU seconds (user + system) the target's process tree used, per message.
+Wall-clock rates on these 2 shared cores swing with whatever else runs; CPU per message does
+not, so before/after comparisons use it.
 `--variant listen.workers=2 --variant ""` compares relays with and without a setting,
 interleaved round by round.
 """
@@ -21,7 +22,7 @@ from pathlib import Path
 
 from bench.loadgen import encode, run_load
 from bench.sink import SinkProcess
-from bench.targets import NaiveTarget, RelayTarget, Target
+from bench.targets import NaiveTarget, PostfixTarget, RelayTarget, Target
 from bench.traffic import make_message, mix
 from tests.mta import LOOPBACK, ensure_postfix
 
@@ -106,6 +107,8 @@ async def main_async(args: argparse.Namespace) -> None:
         targets: list[Target] = []
         if args.naive:
             targets.append(NaiveTarget(sink.port))
+        if args.postfix:
+            targets.append(PostfixTarget(sink.port))
         for settings in args.variant or [""]:
             relay = ConfiguredRelay(sink.port, _extra(settings))
             relay.name = f"outbox-relay {settings}".strip()
@@ -134,6 +137,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--small", action="store_true", help="one clean 5 KB message, repeated")
     parser.add_argument("--naive", action="store_true", help="measure the naive pass-through too")
+    parser.add_argument(
+        "--postfix", action="store_true", help="measure Postfix too (its master and children)"
+    )
     parser.add_argument(
         "--variant",
         action="append",
