@@ -14,20 +14,17 @@ median over the rounds.
 from __future__ import annotations
 
 import argparse
-import importlib
 import random
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from bench.thencode import load_then
 from bench.traffic import make_message
 from relay.extract import extract
-from tests.support import REPO
 
 MODULES = ("extract", "fastparse", "mimeparse", "htmltext", "quotes", "model")
 # (label, kind, size, distinct messages), as in bench.scan
@@ -40,24 +37,8 @@ SHAPES = (
 
 
 def _load_old(commit: str, into: Path) -> Callable[[bytes], Any]:
-    """That commit's extract(), from a copy of its extraction modules named `relay_then`."""
-    package = into / "relay_then"
-    package.mkdir()
-    (package / "__init__.py").write_text("")
-    for name in MODULES:
-        source = subprocess.run(
-            ["git", "show", f"{commit}:relay/{name}.py"],
-            cwd=REPO,
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout
-        for other in MODULES:
-            source = source.replace(f"from relay.{other} import", f"from relay_then.{other} import")
-        (package / f"{name}.py").write_text(source)
-    sys.path.insert(0, str(into))
-    module: Any = importlib.import_module("relay_then.extract")
-    extract_then: Callable[[bytes], Any] = module.extract
+    """That commit's extract(), with that commit's extraction modules."""
+    extract_then: Callable[[bytes], Any] = load_then(commit, MODULES, into)["extract"].extract
     return extract_then
 
 

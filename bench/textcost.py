@@ -13,10 +13,7 @@ ratio holds on a busy machine too.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import random
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -24,36 +21,18 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from bench.thencode import load_then
 from bench.traffic import make_message
 from relay import builtins, normalize
 from relay.extract import extract
-from tests.support import REPO
 
 FINDERS = ("url", "email", "phone", "top-rating", "top-symbol-rating")
 
 
 def _load_old(commit: str, into: Path) -> tuple[ModuleType, ModuleType]:
     """That commit's normalize and builtins modules, importable next to the current ones."""
-    for name in ("normalize", "builtins"):
-        source = subprocess.run(
-            ["git", "show", f"{commit}:relay/{name}.py"],
-            cwd=REPO,
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout
-        source = source.replace("from relay.normalize import", "from old_normalize import")
-        (into / f"old_{name}.py").write_text(source)
-    sys.path.insert(0, str(into))
-    modules = []
-    for name in ("old_normalize", "old_builtins"):
-        spec = importlib.util.spec_from_file_location(name, into / f"{name}.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-        modules.append(module)
-    return modules[0], modules[1]
+    modules = load_then(commit, ("normalize", "builtins"), into)
+    return modules["normalize"], modules["builtins"]
 
 
 def _texts() -> dict[str, list[str]]:
