@@ -321,7 +321,7 @@ def test_lines_render_as_structlogs_timestamper_and_json_renderer_render_them() 
     def reordered(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> dict[str, Any]:
         return {"ts": event_dict.pop("ts"), "event": event_dict.pop("event"), **event_dict}
 
-    reference = [
+    reference: list[Any] = [
         structlog.processors.TimeStamper(fmt="iso", utc=True, key="ts"),
         reordered,
         structlog.processors.JSONRenderer(ensure_ascii=False),

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -143,7 +144,7 @@ async def test_dev_config_serves_and_delivers_into_its_maildir(tmp_path: Path) -
         reply = await send(int(match.group(1)), MESSAGE, rcpt_tos=["a@b.example", "c@d.example"])
         assert reply.code == 250
 
-        events = []
+        events: list[dict[str, Any]] = []
         while not any(e["event"] == "message" for e in events):
             line = await asyncio.wait_for(process.stdout.readline(), 10)
             events.append(json.loads(line))

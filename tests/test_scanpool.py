@@ -67,7 +67,7 @@ def wait_until(condition: object, timeout: float = 60.0) -> None:
 def worker_pids(scanner: PooledScanner) -> list[int]:
     pool = scanner._pool
     assert pool is not None
-    return [process.pid for process in pool._processes.values()]  # type: ignore[union-attr]
+    return [process.pid for process in pool._processes.values() if process.pid is not None]
 
 
 def test_workers_give_the_verdicts_of_in_process_scanning(
@@ -112,7 +112,7 @@ def test_workers_that_find_other_packs_on_disk_leave_scanning_to_the_relay(pack:
         pool = scanner._pool
         assert pool is not None
         # The probe answers once the worker has tried to load the (changed) packs.
-        wait_until(lambda: all(p.is_alive() for p in pool._processes.values()))  # type: ignore[union-attr]
+        wait_until(lambda: all(p.is_alive() for p in pool._processes.values()))
         time.sleep(0.5)
         verdict = scanner(PONIES)
         assert verdict.is_violation

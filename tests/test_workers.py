@@ -21,7 +21,8 @@ from typing import Any
 
 import pytest
 
-from relay.config import ConfigError, load_config
+from relay.config import load_config
+from relay.errors import ConfigError
 from relay.handler import RelaySession
 from relay.server import RelayServer, SessionBoard, WorkerRole, clean_scanner
 from relay.supervisor import listening_sockets
@@ -101,7 +102,7 @@ async def serve_workers(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
 
 async def audit_lines(relay: Process, count: int, event: str = "message") -> list[dict[str, Any]]:
     """The next `count` audit lines of `event`; every line read must be whole JSON."""
-    found = []
+    found: list[dict[str, Any]] = []
     assert relay.process.stdout is not None
     while len(found) < count:
         line = await asyncio.wait_for(relay.process.stdout.readline(), 20)
@@ -139,7 +140,12 @@ async def test_mail_goes_through_both_workers_into_one_audit_stream(
 
 def delivered_by(lines: list[dict[str, Any]]) -> set[int]:
     """The workers that delivered these messages: a Maildir file name carries the pid."""
-    return {int(re.search(r"P(\d+)Q", line["upstream_reply"]).group(1)) for line in lines}
+    pids = set()
+    for line in lines:
+        match = re.search(r"P(\d+)Q", line["upstream_reply"])
+        assert match, line
+        pids.add(int(match.group(1)))
+    return pids
 
 
 async def notes_until(sock: Any, last: str, seconds: float = 30) -> list[str]:
@@ -240,7 +246,8 @@ async def test_sighup_reloads_every_worker_and_a_broken_file_none(
     relay.process.send_signal(signal.SIGTERM)
     assert await asyncio.wait_for(relay.process.wait(), 30) == 0
     # Only the supervisor read the broken file, and no worker logged a reload of its own.
-    rest = await relay.process.stdout.read()  # type: ignore[union-attr]
+    assert relay.process.stdout is not None
+    rest = await relay.process.stdout.read()
     assert b"config.reload" not in rest
 
 
@@ -257,7 +264,7 @@ async def test_sigterm_lets_transactions_in_flight_finish_in_every_worker(
         arrived.append(1)
         return await handle_data(*args)
 
-    sink.handler.handle_DATA = counting  # type: ignore[method-assign]
+    sink.handler.handle_DATA = counting  # type: ignore[method-assign, assignment]
     sending = [asyncio.ensure_future(send(relay.port)) for _ in range(6)]
     # Every message is in flight (the upstream has it) before the relay is told to stop.
     await until(lambda: len(arrived) == 6, 30)
@@ -405,7 +412,7 @@ async def two_workers(
 
 def new_session() -> RelaySession:
     session = RelaySession(asyncio.get_running_loop())
-    session.peer = ("127.0.0.1", 1)
+    session.peer = ("127.0.0.1", 1)  # type: ignore[assignment]  # aiosmtpd says str: a tuple
     return session
 
 
