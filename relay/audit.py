@@ -92,7 +92,7 @@ class _LineWriter:
     def __init__(self, target: Path | None) -> None:
         self.target = target
         self._queue: queue.SimpleQueue[list[str] | _Barrier | _Reopen | _Stop] = queue.SimpleQueue()
-        # Lines of this turn of the event loop, handed to the thread together at its end.
+        # Lines queued on the event loop, handed to the thread together HAND_OVER_DELAY later.
         self._pending: list[str] = []
         self._lock = threading.Lock()
         self._fd: int | None = None

@@ -62,7 +62,7 @@ TOO_MANY_AUTH_FAILURES = "421 4.7.0 Error: too many failed authentications, good
 IDLE_TIMEOUT = "421 4.4.2 Error: timeout exceeded, closing the connection"
 
 ScannerFactory = Callable[[Config], ScanFn]
-# Set by relay.supervisor for the relay processes it starts: "INDEX/COUNT/PORT".
+# Set by relay.supervisor for the relay processes it starts: "INDEX/COUNT/FD,FD...".
 WORKER_ENV = "OUTBOX_RELAY_WORKER"
 # The queue of connections waiting for a worker: asyncio's own default for create_server(),
 # as a single relay process listens.
@@ -80,35 +80,33 @@ REOPEN_SIGNAL = signal.SIGUSR1
 
 @dataclass(frozen=True)
 class WorkerRole:
-    """This relay is worker `index` of `count`, sharing `port` with its siblings.
+    """This relay is worker `index` of `count`, accepting on its supervisor's sockets.
 
     A worker accepts connections from the listening sockets its supervisor opened (their file
-    descriptors `fds`, inherited), appends its audit
-    lines to `audit.path` (or writes them to standard output, a pipe the supervisor merges into
-    its own), admits its share of `limits.max_connections`, and stops when its standard input
-    closes (the supervisor is gone).
+    descriptors `fds`, inherited), appends its audit lines to `audit.path` (or writes them to
+    standard output, a pipe the supervisor merges into its own), counts its sessions on the
+    supervisor's session board `board` (its share of `limits.max_connections` without one),
+    and stops when its standard input closes (the supervisor is gone).
     """
 
     index: int
     count: int
-    port: int
     # The supervisor's session board (see SessionBoard), from SESSIONS_ENV.
     board: str | None = None
     fds: tuple[int, ...] = ()
 
     def to_env(self) -> str:
-        return f"{self.index}/{self.count}/{self.port}/{','.join(map(str, self.fds))}"
+        return f"{self.index}/{self.count}/{','.join(map(str, self.fds))}"
 
     @classmethod
     def from_env(cls) -> WorkerRole | None:
         text = os.environ.get(WORKER_ENV)
         if not text:
             return None
-        index, count, port, fds = text.split("/")
+        index, count, fds = text.split("/")
         return cls(
             int(index),
             int(count),
-            int(port),
             os.environ.get(SESSIONS_ENV) or None,
             tuple(int(fd) for fd in fds.split(",") if fd),
         )
@@ -515,14 +513,11 @@ class RelayServer:
             ) from exc
         return store
 
-    def _audit_path(self, config: Config) -> Path | None:
-        # Workers append to `audit.path` themselves, whole lines per write (relay.audit);
-        # without one, their standard output is a pipe their supervisor merges.
-        return config.audit.path
-
     def _open_audit(self, config: Config) -> AuditLog:
+        # Workers too append to `audit.path` themselves, whole lines per write (relay.audit);
+        # without one, their standard output is a pipe their supervisor merges.
         try:
-            return AuditLog(self._audit_path(config))
+            return AuditLog(config.audit.path)
         except OSError as exc:
             raise ConfigError(f"cannot open: {exc.strerror}", key_path="audit.path") from exc
 
@@ -684,7 +679,7 @@ class RelayServer:
         new_audit: AuditLog | None = None
         try:
             config = await asyncio.to_thread(load_config, source)
-            if self._audit_path(config) != self._audit_path(old.config):
+            if config.audit.path != old.config.audit.path:
                 new_audit = self._open_audit(config)
             runtime = await asyncio.to_thread(self._build_runtime, config, new_audit or old.audit)
             tls_context = await asyncio.to_thread(self._load_tls, config)

@@ -1,8 +1,9 @@
 """Several relay processes sharing one port (`listen.workers`), so every core relays mail.
 
-One Python process scans on one core at a time (the GIL), and scanning is most of a message's
-cost. With `listen.workers: N` above 1, `outbox-relay serve` becomes a supervisor that starts N
-ordinary relay processes (`serve` again, told their role through WORKER_ENV). Each accepts
+One Python process works on one core at a time (the GIL), and scanning is a large part of
+a message's cost. With `listen.workers: N` above 1, `outbox-relay serve` becomes a supervisor
+that starts N ordinary relay processes (`serve` again, told their role through WORKER_ENV).
+Each accepts
 connections from the same listening sockets, which the supervisor opens and hands down, so a
 new connection goes to a worker that is waiting for one (as with Postfix's smtpd processes);
 each loads the config and the rule packs itself and is, for a client, the whole relay.
@@ -187,7 +188,7 @@ class Supervisor:
     async def _start(self, worker: Worker) -> None:
         assert self._notify_dir is not None
         fds = tuple(sock.fileno() for sock in self._listening)
-        role = WorkerRole(worker.index, self.count, self.port, fds=fds)
+        role = WorkerRole(worker.index, self.count, fds=fds)
         env = {
             **os.environ,
             WORKER_ENV: role.to_env(),

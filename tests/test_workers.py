@@ -351,7 +351,7 @@ async def test_workers_stop_when_the_supervisor_is_killed(
 
 
 def test_worker_role_shares_the_connection_limit() -> None:
-    role = WorkerRole(index=1, count=3, port=10025, fds=(5, 6))
+    role = WorkerRole(index=1, count=3, fds=(5, 6))
     assert WorkerRole.from_env() is None
     assert role.share(100) == 34 and role.share(1) == 1
     os.environ["OUTBOX_RELAY_WORKER"] = role.to_env()
@@ -393,9 +393,7 @@ async def two_workers(
     board_path = str(board) if board is not None else None
     fds = tuple(sock.fileno() for sock in sockets)
     servers = [
-        RelayServer(
-            config, make_scanner=clean_scanner, worker=WorkerRole(i, 2, port, board_path, fds)
-        )
+        RelayServer(config, make_scanner=clean_scanner, worker=WorkerRole(i, 2, board_path, fds))
         for i in (1, 2)
     ]
     try:
