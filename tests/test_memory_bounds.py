@@ -90,24 +90,36 @@ async def test_a_bigger_budget_after_a_reload_admits_who_waits() -> None:
     assert await waiting == 5 and gate.in_use == 13
 
 
+class Overlap:
+    """Counts the threads inside `with overlap:` now, and the most there were at once."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.now = 0
+        self.most = 0
+
+    def __enter__(self) -> None:
+        with self.lock:
+            self.now += 1
+            self.most = max(self.most, self.now)
+
+    def __exit__(self, *_: object) -> None:
+        with self.lock:
+            self.now -= 1
+
+
 async def test_large_scans_in_threads_never_exceed_the_budget() -> None:
     gate = ScanGate(10, small=2)
-    lock = threading.Lock()
-    running = [0]
-    most = [0]
+    overlap = Overlap()
 
     def scan() -> int:
-        with lock:
-            running[0] += 1
-            most[0] = max(most[0], running[0])
-        time.sleep(0.05)
-        with lock:
-            running[0] -= 1
+        with overlap:
+            time.sleep(0.05)
         return 1
 
     results = await asyncio.gather(*(run_within(scan, 5, gate=gate, size=4) for _ in range(6)))
     assert results == [1] * 6
-    assert most[0] == 2  # 2 x 4 bytes fit in 10; a third would not
+    assert overlap.most == 2  # 2 x 4 bytes fit in 10; a third would not
     assert gate.in_use == 0
 
 
@@ -143,21 +155,15 @@ async def test_small_mail_is_scanned_while_large_messages_wait() -> None:
 async def test_relay_scans_at_most_the_configured_bytes_of_large_messages_at_once(
     sink: Sink, write_config: WriteConfig, start_relay: StartRelay
 ) -> None:
-    lock = threading.Lock()
     release = threading.Event()
-    large_running = [0]
-    most = [0]
+    large = Overlap()
 
     def blocking_scanner(config: Config) -> ScanFn:
         def scan(data: bytes) -> Verdict:
             if len(data) < MiB:
                 return CLEAN
-            with lock:
-                large_running[0] += 1
-                most[0] = max(most[0], large_running[0])
-            release.wait(10)
-            with lock:
-                large_running[0] -= 1
+            with large:
+                release.wait(10)
             return CLEAN
 
         return scan
@@ -168,22 +174,22 @@ async def test_relay_scans_at_most_the_configured_bytes_of_large_messages_at_onc
     )
     gate = relay.server.handler.scan_gate
     body = ("x" * 70 + "\r\n") * (MiB // 72 + 2000)  # about 1.1 MiB each
-    large = [make_message(subject=f"manual {i}", body=body) for i in range(5)]
-    sending = [asyncio.create_task(send(relay.port, message)) for message in large]
+    manuals = [make_message(subject=f"manual {i}", body=body) for i in range(5)]
+    sending = [asyncio.create_task(send(relay.port, message)) for message in manuals]
     try:
         for _ in range(1000):  # until every large message is scanning or waiting its turn
             # (an admitted message's thread may not have started its scan yet)
-            if gate.waiting == 3 and large_running[0] == 2:
+            if gate.waiting == 3 and large.now == 2:
                 break
             await asyncio.sleep(0.01)
-        assert gate.waiting == 3 and large_running[0] == 2  # 2 x 1.1 MiB fit in 3 MiB
+        assert gate.waiting == 3 and large.now == 2  # 2 x 1.1 MiB fit in 3 MiB
         small = await send(relay.port, make_message(subject="small"))
         assert small.code == 250 and len(sink.messages) == 1  # it did not wait for them
     finally:
         release.set()
     replies = await asyncio.gather(*sending)
     assert [reply.code for reply in replies] == [250] * 5
-    assert most[0] == 2 and len(sink.messages) == 6
+    assert large.most == 2 and len(sink.messages) == 6
     assert gate.in_use == 0
 
 

@@ -9,9 +9,8 @@ from pathlib import Path
 
 from aiosmtpd.smtp import SMTP
 
-from relay.config import load_config
 from relay.server import RelayServer, RelaySMTP, clean_scanner
-from tests.conftest import WriteConfig
+from tests.conftest import StartRelay, WriteConfig
 
 TRICKY = [
     "<shop@example.com>",
@@ -60,60 +59,55 @@ def _pair(loop: asyncio.AbstractEventLoop, server: RelayServer) -> tuple[RelaySM
     return fast, plain
 
 
+async def _relay(write_config: WriteConfig, start_relay: StartRelay, tmp_path: Path) -> RelayServer:
+    path = write_config(upstream={"maildir": str(tmp_path / "out")})
+    return (await start_relay(path, make_scanner=clean_scanner)).server
+
+
 async def test_plain_paths_parse_as_aiosmtpd_parses_them(
-    write_config: WriteConfig, tmp_path: Path
+    write_config: WriteConfig, start_relay: StartRelay, tmp_path: Path
 ) -> None:
-    config = load_config(write_config(upstream={"maildir": str(tmp_path / "out")}))
-    server = RelayServer(config, make_scanner=clean_scanner)
-    await server.start()
-    try:
-        fast, plain = _pair(asyncio.get_running_loop(), server)
-        rng = random.Random(6)
-        generated = [
-            "<"
-            + "".join(rng.choice(ALPHABET) for _ in range(rng.randrange(1, 30)))
-            + ">"
-            + "".join(rng.choice(ALPHABET + "SIZE=1") for _ in range(rng.randrange(0, 12)))
-            for _ in range(20000)
-        ]
-        plain_like = [
-            f"<{rng.choice(['a', 'b.c', 'x+y', 'q=1'])}@{rng.choice(['d', 'e.f', 'g-h.i'])}>"
-            + rng.choice(["", " ", "  SIZE=12", "\tBODY=8BITMIME", "(c)", " (c) X", "X"])
-            for _ in range(2000)
-        ]
-        for arg in TRICKY + generated + plain_like:
-            assert outcome(fast._getaddr, arg) == outcome(plain._getaddr, arg), arg
-        fast.local_part_limit = plain.local_part_limit = 3
-        for arg in ["<abc@d.e>", "<abcd@d.e>", "<abcd@d.e> SIZE=1"]:
-            assert fast._getaddr(arg) == plain._getaddr(arg), arg
-    finally:
-        await server.stop(grace=1)
+    server = await _relay(write_config, start_relay, tmp_path)
+    fast, plain = _pair(asyncio.get_running_loop(), server)
+    rng = random.Random(6)
+    generated = [
+        "<"
+        + "".join(rng.choice(ALPHABET) for _ in range(rng.randrange(1, 30)))
+        + ">"
+        + "".join(rng.choice(ALPHABET + "SIZE=1") for _ in range(rng.randrange(0, 12)))
+        for _ in range(20000)
+    ]
+    plain_like = [
+        f"<{rng.choice(['a', 'b.c', 'x+y', 'q=1'])}@{rng.choice(['d', 'e.f', 'g-h.i'])}>"
+        + rng.choice(["", " ", "  SIZE=12", "\tBODY=8BITMIME", "(c)", " (c) X", "X"])
+        for _ in range(2000)
+    ]
+    for arg in TRICKY + generated + plain_like:
+        assert outcome(fast._getaddr, arg) == outcome(plain._getaddr, arg), arg
+    fast.local_part_limit = plain.local_part_limit = 3
+    for arg in ["<abc@d.e>", "<abcd@d.e>", "<abcd@d.e> SIZE=1"]:
+        assert fast._getaddr(arg) == plain._getaddr(arg), arg
 
 
 async def test_ehlo_reply_is_aiosmtpds_whole_multi_line_reply(
-    write_config: WriteConfig, tmp_path: Path
+    write_config: WriteConfig, start_relay: StartRelay, tmp_path: Path
 ) -> None:
     """The lines of EHLO's reply are held back and sent with its last line: all of them."""
-    config = load_config(write_config(upstream={"maildir": str(tmp_path / "out")}))
-    server = RelayServer(config, make_scanner=clean_scanner)
-    await server.start()
-    try:
-        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-        assert (await reader.readline()).startswith(b"220 ")
-        lines = []
-        for command in (b"EHLO client.test\r\n", b"HELO client.test\r\n", b"NOOP\r\n"):
-            writer.write(command)
-            while (line := await reader.readline())[3:4] != b" ":
-                lines.append(line)
+    server = await _relay(write_config, start_relay, tmp_path)
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    assert (await reader.readline()).startswith(b"220 ")
+    lines = []
+    for command in (b"EHLO client.test\r\n", b"HELO client.test\r\n", b"NOOP\r\n"):
+        writer.write(command)
+        while (line := await reader.readline())[3:4] != b" ":
             lines.append(line)
-        writer.write(b"QUIT\r\n")
-        assert (await reader.readline()).startswith(b"221 ")
-        writer.close()
-    finally:
-        await server.stop(grace=1)
+        lines.append(line)
+    writer.write(b"QUIT\r\n")
+    assert (await reader.readline()).startswith(b"221 ")
+    writer.close()
     assert lines == [
         b"250-relay.test\r\n",
-        f"250-SIZE {config.limits.max_message_size}\r\n".encode(),
+        f"250-SIZE {server.config.limits.max_message_size}\r\n".encode(),
         b"250-8BITMIME\r\n",
         b"250 HELP\r\n",
         b"250 relay.test\r\n",
